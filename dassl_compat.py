@@ -1,0 +1,155 @@
+"""The one place where Dassl names are imported.
+
+Every module of this project takes its Dassl names (``TrainerX``,
+``DATASET_REGISTRY``, ``get_cfg_default``, ...) from here, never from ``dassl``
+directly (``tests/test_dassl_compat.py`` enforces it).  One backend is picked
+for *all* names at once:
+
+* ``dassl``   -- the real Dassl.pytorch 0.6.x, when it is importable;
+* ``bundled`` -- :mod:`bundled_dassl`, the Dassl-compatible engine shipped in
+  this repository (used on CI and on machines without Dassl).
+
+``DASSL_BACKEND=auto|dassl|bundled`` forces the choice (default ``auto``:
+real Dassl when importable, else bundled).
+
+Real Dassl 0.6.3 breaks on current PyTorch in two places
+(``shared/notes/dassl-behaviour.md`` §d.5): its warmup schedulers cannot be
+constructed, and checkpoints that pickle a warmup scheduler cannot be read by
+``torch.load`` with ``weights_only=True``.  Under the real backend this module
+replaces exactly those two things (``build_lr_scheduler`` when a warmup is
+configured, and the checkpoint readers) and nothing else.  Importing real
+Dassl also disables ``logging`` warnings process-wide; :func:`get_logger`
+re-enables them for our loggers.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+
+__all__ = [
+    "BACKEND",
+    # config
+    "get_cfg_default", "clean_cfg",
+    # engine
+    "TRAINER_REGISTRY", "TrainerBase", "SimpleTrainer", "TrainerX", "build_trainer",
+    # data
+    "DataManager", "DatasetWrapper", "DATASET_REGISTRY", "Datum", "DatasetBase",
+    "build_dataset", "build_transform", "INTERPOLATION_MODES",
+    # optim
+    "build_optimizer", "build_lr_scheduler",
+    # metrics / evaluation
+    "compute_accuracy", "build_evaluator", "EVALUATOR_REGISTRY", "Classification",
+    # utils
+    "setup_logger", "set_random_seed", "collect_env_info", "load_pretrained_weights",
+    "load_checkpoint", "save_checkpoint", "resume_from_checkpoint", "read_json",
+    "write_json", "mkdir_if_missing", "listdir_nohidden", "check_isfile", "read_image",
+    "MetricMeter", "AverageMeter", "Registry", "check_availability", "count_num_param",
+    "tolist_if_not",
+    # ours
+    "get_logger",
+]
+
+_VALID = ("auto", "dassl", "bundled")
+
+
+def _select_backend() -> str:
+    wanted = os.environ.get("DASSL_BACKEND", "auto").strip().lower() or "auto"
+    if wanted not in _VALID:
+        raise SystemExit(
+            f"DASSL_BACKEND={wanted!r} is not valid: use one of {', '.join(_VALID)}"
+        )
+    if wanted == "bundled":
+        return "bundled"
+    real_available = importlib.util.find_spec("dassl") is not None
+    if wanted == "dassl" and not real_available:
+        raise SystemExit(
+            "DASSL_BACKEND=dassl but the real Dassl is not importable: install "
+            "Dassl.pytorch (https://github.com/KaiyangZhou/Dassl.pytorch) or unset DASSL_BACKEND"
+        )
+    return "dassl" if real_available else "bundled"
+
+
+BACKEND = _select_backend()
+
+if BACKEND == "dassl":  # pragma: no cover - verified on machines that have Dassl
+    from dassl.config import get_cfg_default, clean_cfg
+    from dassl.engine import TRAINER_REGISTRY, TrainerBase, SimpleTrainer, TrainerX, build_trainer
+    from dassl.data import DataManager, DatasetWrapper
+    from dassl.data.datasets import DATASET_REGISTRY, Datum, DatasetBase, build_dataset
+    from dassl.data.transforms import build_transform, INTERPOLATION_MODES
+    from dassl.optim import build_optimizer
+    from dassl.optim import build_lr_scheduler as _real_build_lr_scheduler
+    from dassl.metrics import compute_accuracy
+    from dassl.evaluation import build_evaluator, EVALUATOR_REGISTRY, Classification
+    from dassl.utils import (
+        setup_logger, set_random_seed, collect_env_info, load_pretrained_weights,
+        save_checkpoint, read_json, write_json, mkdir_if_missing, listdir_nohidden,
+        check_isfile, read_image, MetricMeter, AverageMeter, Registry, check_availability,
+        count_num_param, tolist_if_not,
+    )
+    from dassl.utils import load_checkpoint as _real_load_checkpoint
+    from bundled_dassl import torch_compat as _torch_compat
+
+    # §d.5 fix 1: warmup schedulers are built by our plain-data wrapper around
+    # real Dassl's successor schedule (constructing Dassl's wrapper raises
+    # TypeError on torch >= 2.x where `verbose` is gone).
+    build_lr_scheduler = _torch_compat.make_build_lr_scheduler(_real_build_lr_scheduler)
+    # §d.5 fix 2: checkpoints that pickle schedulers/optimizers load again.
+    load_checkpoint = _torch_compat.make_load_checkpoint(_real_load_checkpoint)
+    resume_from_checkpoint = _torch_compat.make_resume_from_checkpoint(load_checkpoint)
+    _torch_compat.patch_real_dassl_checkpoint_readers(load_checkpoint, resume_from_checkpoint)
+else:
+    from bundled_dassl.config import get_cfg_default, clean_cfg
+    from bundled_dassl.engine import (
+        TRAINER_REGISTRY, TrainerBase, SimpleTrainer, TrainerX, build_trainer,
+    )
+    from bundled_dassl.data import DataManager, DatasetWrapper
+    from bundled_dassl.data.datasets import DATASET_REGISTRY, Datum, DatasetBase, build_dataset
+    from bundled_dassl.data.transforms import build_transform, INTERPOLATION_MODES
+    from bundled_dassl.optim import build_optimizer, build_lr_scheduler
+    from bundled_dassl.metrics import compute_accuracy
+    from bundled_dassl.evaluation import build_evaluator, EVALUATOR_REGISTRY, Classification
+    from bundled_dassl.utils import (
+        setup_logger, set_random_seed, collect_env_info, load_pretrained_weights,
+        load_checkpoint, save_checkpoint, resume_from_checkpoint, read_json, write_json,
+        mkdir_if_missing, listdir_nohidden, check_isfile, read_image, MetricMeter,
+        AverageMeter, Registry, check_availability, count_num_param, tolist_if_not,
+    )
+
+
+class _CurrentStdoutHandler(logging.StreamHandler):
+    """A handler that always writes to the *current* ``sys.stdout``.
+
+    ``setup_logger`` (both backends) replaces ``sys.stdout`` with a tee into
+    ``log.txt``; resolving the stream at emit time makes our log lines reach
+    that file no matter when the logger was created.
+    """
+
+    def __init__(self):
+        super().__init__(stream=sys.stdout)
+
+    def emit(self, record):
+        self.stream = sys.stdout
+        super().emit(record)
+
+
+_ROOT_LOGGER = "promptlab"
+
+
+def get_logger(name: str = "") -> logging.Logger:
+    """Logger for library code: INFO and above to stdout (hence to ``log.txt``)."""
+    # Real Dassl calls logging.disable(WARNING) at import; undo it for everyone.
+    if logging.root.manager.disable:
+        logging.disable(logging.NOTSET)
+    root = logging.getLogger(_ROOT_LOGGER)
+    if not any(isinstance(h, _CurrentStdoutHandler) for h in root.handlers):
+        handler = _CurrentStdoutHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+    if not name:
+        return root
+    return root.getChild(name.replace(f"{_ROOT_LOGGER}.", "", 1))
