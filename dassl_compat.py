@@ -99,7 +99,6 @@ if BACKEND == "dassl":  # pragma: no cover - verified on machines that have Dass
     # §d.5 fix 2: checkpoints that pickle schedulers/optimizers load again.
     load_checkpoint = _torch_compat.make_load_checkpoint(_real_load_checkpoint)
     resume_from_checkpoint = _torch_compat.make_resume_from_checkpoint(load_checkpoint)
-    _torch_compat.patch_real_dassl_checkpoint_readers(load_checkpoint, resume_from_checkpoint)
 else:
     from bundled_dassl.config import get_cfg_default, clean_cfg
     from bundled_dassl.engine import (

@@ -1,0 +1,19 @@
+"""CoOp's 15 benchmark datasets; importing this package registers them in
+``DATASET_REGISTRY`` (``dassl-behaviour.md`` §h).  Layout: ``DATASETS.md``."""
+from . import (  # noqa: F401  (imported for registration)
+    caltech101,
+    dtd,
+    eurosat,
+    fgvc_aircraft,
+    food101,
+    imagenet,
+    imagenet_a,
+    imagenet_r,
+    imagenet_sketch,
+    imagenetv2,
+    oxford_flowers,
+    oxford_pets,
+    stanford_cars,
+    sun397,
+    ucf101,
+)

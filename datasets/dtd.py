@@ -1,0 +1,17 @@
+"""Describable Textures (``dassl-behaviour.md`` §h.6): 47 textures, split
+``split_zhou_DescribableTextures.json``."""
+from dassl_compat import DATASET_REGISTRY
+
+from .coop_common import CoOpFewShotDataset, read_and_split_data
+
+
+@DATASET_REGISTRY.register()
+class DescribableTextures(CoOpFewShotDataset):
+    """Images ``dtd/images/<texture>/``; without the split file, 50/20/30 per folder."""
+
+    dataset_dir = "dtd"
+    image_dir_name = "images"
+    split_file = "split_zhou_DescribableTextures.json"
+
+    def build_split(self):
+        return read_and_split_data(self.image_dir)

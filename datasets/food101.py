@@ -1,0 +1,16 @@
+"""Food-101 (``dassl-behaviour.md`` §h.6): 101 dishes, split ``split_zhou_Food101.json``."""
+from dassl_compat import DATASET_REGISTRY
+
+from .coop_common import CoOpFewShotDataset, read_and_split_data
+
+
+@DATASET_REGISTRY.register()
+class Food101(CoOpFewShotDataset):
+    """Images ``food-101/images/<dish>/``; without the split file, 50/20/30 per folder."""
+
+    dataset_dir = "food-101"
+    image_dir_name = "images"
+    split_file = "split_zhou_Food101.json"
+
+    def build_split(self):
+        return read_and_split_data(self.image_dir)

@@ -1,0 +1,15 @@
+"""ImageNet-R (``dassl-behaviour.md`` §h.7): test only, its 200 classes named by folder wnid."""
+from dassl_compat import DATASET_REGISTRY
+
+from .imagenet_variants import ImageNetVariant
+
+
+@DATASET_REGISTRY.register()
+class ImageNetR(ImageNetVariant):
+    """``imagenet-rendition/imagenet-r/<wnid>/`` + ``classnames.txt`` (labels 0..199)."""
+
+    dataset_dir = "imagenet-rendition"
+    image_dir_name = "imagenet-r"
+
+    def read_data(self, classnames):
+        return self.read_wnid_folders(classnames, ignored=("README.txt",))

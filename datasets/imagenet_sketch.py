@@ -1,0 +1,15 @@
+"""ImageNet-Sketch (``dassl-behaviour.md`` §h.7): test only, 1000 classes."""
+from dassl_compat import DATASET_REGISTRY
+
+from .imagenet_variants import ImageNetVariant
+
+
+@DATASET_REGISTRY.register()
+class ImageNetSketch(ImageNetVariant):
+    """``imagenet-sketch/images/<wnid>/`` + ``classnames.txt``."""
+
+    dataset_dir = "imagenet-sketch"
+    image_dir_name = "images"
+
+    def read_data(self, classnames):
+        return self.read_wnid_folders(classnames)

@@ -1,0 +1,159 @@
+"""Numeric parity with the official implementations.
+
+    python tests/parity.py FIXTURE TINY_CLIP [--variants] [--quiet]
+
+Builds the method named by the fixture's ``meta["method"]`` from the
+fixture's own ``meta`` (class names, and the ``TRAINER.<METHOD>`` node of
+``meta["trainer_cfg_yaml"]`` merged over our defaults) on the CLIP of
+``TINY_CLIP``, loads the fixture's parameters, runs its inputs and compares
+every ``out.*``, ``loss.*``, ``grad*.*`` and ``buffer_after_*`` key (and the
+integer tensors, exactly) with the tolerances of ``shared/parity/README.md``
+§9.  ``variant_*`` keys are compared only with ``--variants``.  Prints the
+worst error ratio (|a - e| / allowed) per key; exits 0 only if every key
+matches.  A fixture key that cannot be mapped is a failure, not a skip.
+
+Each method plugs in through ``tests/parity_adapters/<method>.py``, which
+defines ``run(fixture, model, cfg, variants) -> {fixture_key: tensor}``
+(helpers in :mod:`parity_adapters.common`).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os.path as osp
+import sys
+
+import torch
+
+HERE = osp.dirname(osp.abspath(__file__))
+REPO = osp.dirname(HERE)
+for path in (REPO, HERE):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+#: keys that are inputs to the run, not outputs to compare
+INPUT_PREFIXES = ("inputs.", "param.", "buffer.")
+INTEGER_KEYS = ("tokenized_prompts", "eot_index")
+#: gradients that are analytically zero (README §8, §9): compare against an absolute bound
+ANALYTIC_ZERO = ("layer_mix_rho.bias", "grad_total_train.sim_proj.linear.bias")
+
+
+def tolerance(key, expected):
+    """(atol, rtol) for a fixture key, or None for an exact comparison (README §9)."""
+    base = key[len("variant_fp16_prompt_cast."):] if key.startswith("variant_") else key
+    if base in INTEGER_KEYS or not expected.is_floating_point():
+        return None
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    if base.startswith("loss."):
+        return 1e-6, 1e-5
+    if base.startswith("grad"):
+        if any(base.endswith(z) or base == z for z in ANALYTIC_ZERO):
+            return "zero", 1e-4
+        return 1e-4 * scale, 1e-3
+    return 5e-5 * scale, 1e-4
+
+
+def compare(key, actual, expected):
+    """Worst ratio of |a - e| to the allowed error (<= 1 passes)."""
+    actual = actual.detach().cpu()
+    if tuple(actual.shape) != tuple(expected.shape):
+        raise ValueError(f"shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+    tol = tolerance(key, expected)
+    if tol is None:
+        return 0.0 if torch.equal(actual.to(expected.dtype), expected) else float("inf")
+    atol, rtol = tol
+    if atol == "zero":
+        return actual.abs().max().item() / rtol if actual.numel() else 0.0
+    diff = (actual.double() - expected.double()).abs()
+    allowed = atol + rtol * expected.double().abs()
+    allowed = allowed.clamp_min(1e-30)
+    return (diff / allowed).max().item() if diff.numel() else 0.0
+
+
+def build_from_meta(fixture, tiny_clip_path):
+    """Our model for the fixture's method, config and class names."""
+    from yacs.config import CfgNode as CN
+
+    from dassl_compat import TRAINER_REGISTRY
+    from trainers.config import default_cfg
+
+    meta = fixture["meta"]
+    method = meta["method"]
+    cfg = default_cfg()
+    node_name = method.upper()
+    their = CN.load_cfg(meta["trainer_cfg_yaml"])
+    if node_name not in cfg.TRAINER:
+        raise SystemExit(f"no config node TRAINER.{node_name} for method {method!r}")
+    if node_name in their:
+        cfg.TRAINER[node_name].merge_from_other_cfg(their[node_name])
+    cfg.MODEL.BACKBONE.NAME = ""
+    cfg.MODEL.BACKBONE.PATH = tiny_clip_path
+    cfg.TRAINER.NAME = method
+    cfg.freeze()
+    trainer_cls = TRAINER_REGISTRY.get(method)
+    clip_model, _ = trainer_cls.load_backbone(cfg, "cpu")
+    model = trainer_cls.build_clip_model(cfg, list(meta["classnames"]), clip_model)
+    return cfg, model
+
+
+def load_adapter(method):
+    try:
+        return importlib.import_module(f"parity_adapters.{method.lower()}")
+    except ModuleNotFoundError as exc:
+        raise SystemExit(f"no parity adapter for method {method!r} (tests/parity_adapters/{method.lower()}.py): {exc}")
+
+
+def check(fixture_path, tiny_clip_path, variants=False, quiet=False):
+    """Run the check; returns (ok, rows) with rows = [(key, ratio_or_error)]."""
+    torch.set_num_threads(1)  # the fixtures were computed with one thread
+    fixture = torch.load(fixture_path, map_location="cpu", weights_only=True)
+    meta = fixture["meta"]
+    cfg, model = build_from_meta(fixture, tiny_clip_path)
+    adapter = load_adapter(meta["method"])
+    computed = adapter.run(fixture, model, cfg, variants)
+
+    rows, ok = [], True
+    for key, expected in fixture.items():
+        if key in ("meta", "official_name") or key.startswith(INPUT_PREFIXES):
+            continue
+        if key.startswith("variant_") and not variants:
+            continue
+        if key not in computed:
+            rows.append((key, "NOT MAPPED"))
+            ok = False
+            continue
+        try:
+            ratio = compare(key, computed[key], expected)
+        except ValueError as exc:
+            rows.append((key, f"ERROR {exc}"))
+            ok = False
+            continue
+        rows.append((key, ratio))
+        ok = ok and ratio <= 1.0
+    if not quiet:
+        width = max(len(k) for k, _ in rows)
+        print(f"parity: {meta['method']} ({osp.basename(fixture_path)}), {len(rows)} keys")
+        for key, ratio in rows:
+            verdict = ratio if isinstance(ratio, str) else ("ok  " if ratio <= 1 else "FAIL") + f" worst ratio {ratio:.3g}"
+            print(f"  {key:<{width}}  {verdict}")
+        print("PASS" if ok else "FAIL")
+    return ok, rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("fixture")
+    parser.add_argument("tiny_clip")
+    parser.add_argument("--variants", action="store_true", help="also compare variant_* keys")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    for path in (args.fixture, args.tiny_clip):
+        if not osp.isfile(path):
+            print(f"error: file not found: {path}", file=sys.stderr)
+            return 2
+    ok, _ = check(args.fixture, args.tiny_clip, args.variants, args.quiet)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

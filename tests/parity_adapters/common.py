@@ -1,0 +1,63 @@
+"""Helpers shared by the parity adapters."""
+from __future__ import annotations
+
+import torch
+
+
+def load_learnables(fixture, module, aliases=None, skip=()):
+    """Copy the fixture's ``param.<role>`` / ``buffer.<role>`` tensors into ``module``.
+
+    ``aliases`` maps a fixture role to our state-dict name when they differ;
+    roles starting with a ``skip`` prefix belong to modules we do not build
+    (prompt-construction.md, "keys an implementation may not have").  Every
+    other role must exist in ``module``.
+    """
+    aliases = aliases or {}
+    state = module.state_dict()
+    for key, value in fixture.items():
+        if not key.startswith(("param.", "buffer.")):
+            continue
+        role = key.split(".", 1)[1]
+        if any(role.startswith(prefix) for prefix in skip):
+            continue
+        name = aliases.get(role, role)
+        if name not in state:
+            raise KeyError(f"fixture key {key} has no counterpart {name!r} in {type(module).__name__}")
+        if tuple(state[name].shape) != tuple(value.shape):
+            raise ValueError(f"fixture key {key}: shape {tuple(value.shape)} != ours {tuple(state[name].shape)}")
+        state[name] = value.clone()
+    module.load_state_dict(state)
+
+
+def collect_grads(module, prefix, aliases=None):
+    """``{prefix.<role>: grad}`` for every parameter of ``module`` that received a gradient."""
+    back = {ours: role for role, ours in (aliases or {}).items()}
+    out = {}
+    for name, param in module.named_parameters():
+        if param.grad is not None:
+            out[f"{prefix}.{back.get(name, name)}"] = param.grad.detach().clone()
+    return out
+
+
+def zero_grads(module):
+    for param in module.parameters():
+        param.grad = None
+
+
+def text_token_keys(model_tokenized):
+    return {
+        "tokenized_prompts": model_tokenized,
+        "eot_index": model_tokenized.argmax(dim=-1),
+    }
+
+
+def head(prompt_embeddings, fixture):
+    """First K positions of the text-encoder input (README §2, ``prompt_embeddings_head``)."""
+    k = fixture["meta"]["prompt_embeddings_head_len"]
+    return prompt_embeddings[..., :k, :]
+
+
+@torch.no_grad()
+def eval_outputs(model, images):
+    model.eval()
+    return model.inspect(images)

@@ -1,0 +1,364 @@
+"""Shared CLIP helpers used by every trainer.
+
+One place decides how CLIP is loaded, in which precision it runs and on which
+device; every trainer builds on the encoders defined here:
+
+* :func:`load_clip` -- by name (``ViT-B/16`` ... through the ``clip`` package's
+  download cache), from a local file (``MODEL.BACKBONE.PATH``: a JIT archive or
+  a state dict), or a built-in tiny architecture for tests and the offline
+  demo (created deterministically from a seed).
+* :class:`Precision` -- PREC (``fp16`` / ``fp32`` / ``amp`` / ``bf16``) resolved
+  against the device: weight dtype, autocast context and grad scaler.
+* :class:`TextEncoder` -- CLIP's text transformer over prompt *embeddings*,
+  with optional deep prompts and exact truncation to the longest prompt.
+* :class:`ImageEncoder` -- CLIP's ViT that can return the tokens of every
+  residual block and accept appended (shallow / deep) prompt tokens.
+
+Both encoders iterate CLIP's own residual blocks; nothing of CLIP's model code
+is copied.  All sizes are read from the loaded model.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dassl_compat import get_logger
+from user_errors import UserError
+
+logger = get_logger("clip")
+
+#: Built-in architectures: name -> ``clip.model.CLIP`` constructor arguments.
+#: ``tiny`` is the architecture of the parity fixtures' tiny CLIP.
+BUILTIN_ARCHS = {
+    "tiny": dict(
+        embed_dim=64, image_resolution=32, vision_layers=3, vision_width=128,
+        vision_patch_size=8, context_length=77, vocab_size=49408,
+        transformer_width=64, transformer_heads=1, transformer_layers=3,
+    ),
+}
+
+PRECISIONS = ("fp16", "fp32", "amp", "bf16")
+
+
+def _clip():
+    import warnings
+
+    with warnings.catch_warnings():
+        # clip imports pkg_resources, which warns on recent setuptools.
+        warnings.simplefilter("ignore", UserWarning)
+        import clip  # noqa: WPS433 (deliberately lazy: it costs seconds)
+    return clip
+
+
+def available_backbones() -> List[str]:
+    return list(_clip().available_models()) + sorted(BUILTIN_ARCHS)
+
+
+def build_builtin_clip(name: str, seed: int = 0) -> nn.Module:
+    """A randomly initialised CLIP of a built-in architecture, deterministic per seed.
+
+    The global RNG is left untouched (the weights come from a forked RNG).
+    """
+    clip = _clip()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = clip.model.CLIP(**BUILTIN_ARCHS[name])
+    return model.float().eval()
+
+
+def load_clip(name: str, path: str = "", device="cpu", seed: int = 0) -> nn.Module:
+    """Load a CLIP model in fp32 on ``device`` (precision is applied by :class:`Precision`).
+
+    ``path`` (``MODEL.BACKBONE.PATH``), when set, wins over the name: a JIT
+    archive or a state dict (OpenAI key names), for offline clusters.
+    """
+    clip = _clip()
+    if path:
+        path = os.path.abspath(os.path.expanduser(path))
+        if not os.path.isfile(path):
+            raise UserError(
+                f"CLIP weight file not found: {path} (MODEL.BACKBONE.PATH must name a CLIP "
+                "JIT archive or state dict)"
+            )
+        model = _load_clip_file(clip, path)
+        logger.info("Loaded CLIP weights from %s", path)
+    elif name in BUILTIN_ARCHS:
+        model = build_builtin_clip(name, seed=seed)
+        logger.info("Built the tiny random CLIP architecture %r (seed %d)", name, seed)
+    elif name in clip.available_models():
+        model, _ = clip.load(name, device="cpu", jit=False)
+    else:
+        raise UserError(
+            f"Unknown backbone {name!r}: MODEL.BACKBONE.NAME must be one of "
+            f"{', '.join(available_backbones())} (or set MODEL.BACKBONE.PATH to a local CLIP file)"
+        )
+    model = model.float().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device)
+
+
+def _load_clip_file(clip, path):
+    """A CLIP state dict (OpenAI key names) or JIT archive, built like ``clip.load`` does."""
+    import warnings
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a plain state dict: a JIT archive (clip.load handles both)
+        state = None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if isinstance(state, dict):
+        try:
+            return clip.model.build_model(dict(state))
+        except KeyError as exc:
+            raise UserError(f"{path} is not a CLIP checkpoint (missing key {exc}); "
+                            "MODEL.BACKBONE.PATH must name a CLIP JIT archive or state dict") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation
+        model, _ = clip.load(path, device="cpu", jit=False)
+    return model
+
+
+def is_vit(clip_model: nn.Module) -> bool:
+    return hasattr(clip_model.visual, "transformer")
+
+
+# ----------------------------------------------------------------------------
+# precision
+# ----------------------------------------------------------------------------
+@dataclass
+class Precision:
+    """PREC resolved against the device, in one place.
+
+    ===========  ==========================  =====================================
+    PREC         on CUDA                     on CPU
+    ===========  ==========================  =====================================
+    ``fp16``     CLIP weights in fp16        fp32 (CPU half matmuls are slow/unsafe)
+    ``fp32``     fp32                        fp32
+    ``amp``      fp32 weights, fp16 autocast fp32, no autocast
+                 + GradScaler
+    ``bf16``     fp32 weights, bf16 autocast fp32, no autocast
+    ===========  ==========================  =====================================
+    """
+
+    prec: str
+    device: torch.device
+
+    def __post_init__(self):
+        if self.prec not in PRECISIONS:
+            raise UserError(f"PREC {self.prec!r} is not valid: use one of {', '.join(PRECISIONS)}")
+        self.device = torch.device(self.device)
+        self.on_cuda = self.device.type == "cuda"
+        if not self.on_cuda and self.prec != "fp32":
+            logger.info("PREC %s runs in fp32 on %s", self.prec, self.device.type)
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return torch.float16 if (self.prec == "fp16" and self.on_cuda) else torch.float32
+
+    @property
+    def autocast_dtype(self) -> Optional[torch.dtype]:
+        if not self.on_cuda:
+            return None
+        return {"amp": torch.float16, "bf16": torch.bfloat16}.get(self.prec)
+
+    def autocast(self):
+        dtype = self.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def grad_scaler(self):
+        if self.prec == "amp" and self.on_cuda:
+            return torch.amp.GradScaler("cuda")
+        return None
+
+    def apply(self, clip_model: nn.Module) -> nn.Module:
+        """Cast CLIP's weights as the precision asks (the official fp16 layout)."""
+        if self.weight_dtype == torch.float16:
+            _clip().model.convert_weights(clip_model)
+        return clip_model
+
+
+# ----------------------------------------------------------------------------
+# tokens and prompt text
+# ----------------------------------------------------------------------------
+_TOKENIZER = None
+
+
+def _tokenizer():
+    global _TOKENIZER
+    if _TOKENIZER is None:
+        from clip.simple_tokenizer import SimpleTokenizer
+
+        _TOKENIZER = SimpleTokenizer()
+    return _TOKENIZER
+
+
+def clean_classname(name: str) -> str:
+    """Class names with ``_`` as spaces (prompt-construction.md, "Class names")."""
+    return name.replace("_", " ")
+
+
+def name_token_length(name: str) -> int:
+    """Number of BPE tokens of a (cleaned) class name, without SOS/EOS."""
+    return len(_tokenizer().encode(name))
+
+
+def tokenize(texts: Sequence[str]) -> torch.Tensor:
+    """CLIP tokenization (77 tokens, zero padded); too long a text is a clear error."""
+    clip = _clip()
+    try:
+        return clip.tokenize(list(texts))
+    except RuntimeError as exc:  # "Input ... is too long for context length 77"
+        raise UserError(
+            f"{exc}: shorten the class name or CTX_INIT (CLIP's text context is 77 tokens)"
+        ) from None
+
+
+def eot_positions(tokenized: torch.Tensor) -> torch.Tensor:
+    """End-of-text position of each tokenized prompt (EOT has the largest id)."""
+    return tokenized.argmax(dim=-1)
+
+
+# ----------------------------------------------------------------------------
+# encoders
+# ----------------------------------------------------------------------------
+class TextEncoder(nn.Module):
+    """CLIP's text tower over prompt embeddings.
+
+    ``forward(prompts, tokenized_prompts, deep_prompts=None)``:
+
+    * ``prompts`` [N, L, D]: token embeddings (before the positional embedding);
+      ``L`` may be shorter than 77 -- cutting the sequence after the longest
+      end-of-text position is exact because the text mask is causal;
+    * ``tokenized_prompts`` [N, >=L]: token ids, used to find the EOT position;
+    * ``deep_prompts``: optional list of [n, D] (or [N, n, D]) tensors; before
+      text block ``i >= 1`` the residual stream's positions ``1..n`` are
+      replaced by ``deep_prompts[i-1]`` (MaPLe).
+
+    Returns the projected EOT features [N, E] (not normalised).
+    """
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__()
+        self.blocks = clip_model.transformer.resblocks
+        self.positional_embedding = clip_model.positional_embedding
+        self.ln_final = clip_model.ln_final
+        self.text_projection = clip_model.text_projection
+        self.width = clip_model.ln_final.weight.shape[0]
+        self.context_length = clip_model.positional_embedding.shape[0]
+
+    @property
+    def dtype(self):
+        return self.text_projection.dtype
+
+    def forward(self, prompts, tokenized_prompts, deep_prompts: Optional[Sequence[torch.Tensor]] = None):
+        n_tokens = prompts.shape[1]
+        x = prompts.type(self.dtype) + self.positional_embedding[:n_tokens].type(self.dtype)
+        x = x.permute(1, 0, 2)  # NLD -> LND, CLIP's blocks are sequence-first
+        for i, block in enumerate(self.blocks):
+            if deep_prompts is not None and 1 <= i <= len(deep_prompts):
+                deep = deep_prompts[i - 1].type(self.dtype)
+                n = deep.shape[-2]
+                if deep.dim() == 2:
+                    deep = deep.unsqueeze(1).expand(n, x.shape[1], -1)
+                else:
+                    deep = deep.permute(1, 0, 2)
+                x = torch.cat([x[:1], deep, x[1 + n:]], dim=0)
+            x = block(x)
+        x = x.permute(1, 0, 2)
+        x = self.ln_final(x).type(self.dtype)
+        eot = eot_positions(tokenized_prompts)
+        feats = x[torch.arange(x.shape[0], device=x.device), eot]
+        return feats @ self.text_projection
+
+
+def truncation_length(tokenized_prompts: torch.Tensor) -> int:
+    """Sequence length that keeps every prompt's end-of-text token (max EOT + 1)."""
+    return int(eot_positions(tokenized_prompts).max().item()) + 1
+
+
+class ImageEncoder(nn.Module):
+    """CLIP's image tower.
+
+    For a ViT, ``forward(images, prompts=None, deep_prompts=None,
+    return_block_tokens=False)``:
+
+    * ``prompts`` [n, W] or [B, n, W]: tokens appended after the patch tokens,
+      after the positional embedding and before ``ln_pre`` (MaPLe);
+    * ``deep_prompts``: list of [n, W]; before vision block ``i >= 1`` the last
+      ``n`` tokens are replaced by ``deep_prompts[i-1]``;
+    * ``return_block_tokens``: also return the output of every residual block,
+      all tokens, as [L, B, T, W] (batch-major inside each layer).
+
+    Returns the projected CLS feature [B, E] (and the block tokens).  ResNet
+    backbones support only the plain forward.
+    """
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__()
+        self.visual = clip_model.visual
+        self.is_vit = is_vit(clip_model)
+        if self.is_vit:
+            self.width = self.visual.conv1.weight.shape[0]
+            self.num_layers = len(self.visual.transformer.resblocks)
+        self.input_resolution = self.visual.input_resolution
+        self.output_dim = self.visual.output_dim
+
+    @property
+    def dtype(self):
+        return self.visual.conv1.weight.dtype
+
+    def forward(self, images, prompts=None, deep_prompts=None, return_block_tokens: bool = False):
+        images = images.type(self.dtype)
+        if not self.is_vit:
+            if prompts is not None or deep_prompts is not None or return_block_tokens:
+                raise UserError(
+                    "this trainer needs a ViT CLIP backbone (prompt tokens / block outputs); "
+                    "ResNet backbones support only CoOp and zero-shot CLIP"
+                )
+            return self.visual(images)
+        v = self.visual
+        x = v.conv1(images)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        if prompts is not None:
+            prompts = prompts.type(x.dtype)
+            if prompts.dim() == 2:
+                prompts = prompts.unsqueeze(0).expand(x.shape[0], -1, -1)
+            x = torch.cat([x, prompts], dim=1)
+        x = v.ln_pre(x)
+        x = x.permute(1, 0, 2)
+        block_tokens = []
+        for i, block in enumerate(v.transformer.resblocks):
+            if deep_prompts is not None and 1 <= i <= len(deep_prompts):
+                deep = deep_prompts[i - 1].type(x.dtype)
+                n = deep.shape[0]
+                x = torch.cat([x[:-n], deep.unsqueeze(1).expand(n, x.shape[1], -1)], dim=0)
+            x = block(x)
+            if return_block_tokens:
+                block_tokens.append(x.permute(1, 0, 2))
+        x = x.permute(1, 0, 2)
+        feats = v.ln_post(x[:, 0, :]) @ v.proj
+        if return_block_tokens:
+            return feats, torch.stack(block_tokens)
+        return feats
+
+
+def clip_logits(image_features, text_features, logit_scale):
+    """``exp(logit_scale) * cos`` between images [B, E] and texts [C, E] or per image [B, C, E]."""
+    image_features = F.normalize(image_features.float(), dim=-1)
+    text_features = F.normalize(text_features.float(), dim=-1)
+    scale = logit_scale.exp().float()
+    if text_features.dim() == 3:
+        return scale * torch.einsum("be,bce->bc", image_features, text_features)
+    return scale * image_features @ text_features.t()

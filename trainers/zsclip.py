@@ -1,0 +1,116 @@
+"""Zero-shot CLIP: hand-crafted prompts, nothing to train.
+
+``ZeroshotCLIP`` uses the dataset's template (dassl-behaviour.md §h.8);
+``ZeroshotCLIP2`` averages the normalised features of CLIP's ImageNet template
+ensemble (plus the dataset template, except on ImageNet).  Text features are
+computed once at build time.  ``train()`` just evaluates (there is nothing to
+train), and ``--eval-only`` without ``--model-dir`` evaluates the model as built.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dassl_compat import TRAINER_REGISTRY
+from trainers.base import ClipTrainer
+from trainers.clip_helpers import ImageEncoder, clean_classname, clip_logits, tokenize
+
+CUSTOM_TEMPLATES = {
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "OxfordFlowers": "a photo of a {}, a type of flower.",
+    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
+    "DescribableTextures": "{} texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "StanfordCars": "a photo of a {}.",
+    "Food101": "a photo of {}, a type of food.",
+    "SUN397": "a photo of a {}.",
+    "Caltech101": "a photo of a {}.",
+    "UCF101": "a photo of a person doing {}.",
+    "ImageNet": "a photo of a {}.",
+    "ImageNetSketch": "a photo of a {}.",
+    "ImageNetV2": "a photo of a {}.",
+    "ImageNetA": "a photo of a {}.",
+    "ImageNetR": "a photo of a {}.",
+}
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+IMAGENET_TEMPLATES_SELECT = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
+
+def dataset_template(dataset_name):
+    return CUSTOM_TEMPLATES.get(dataset_name, DEFAULT_TEMPLATE)
+
+
+class ZeroShotModel(nn.Module):
+    """Frozen CLIP with class text features from fixed templates (averaged when several)."""
+
+    def __init__(self, classnames, clip_model, templates):
+        super().__init__()
+        self.image_encoder = ImageEncoder(clip_model)
+        self.logit_scale = clip_model.logit_scale
+        names = [clean_classname(c) for c in classnames]
+        feats = []
+        with torch.no_grad():
+            for template in templates:
+                tokens = tokenize([template.format(n) for n in names])
+                feats.append(F.normalize(clip_model.encode_text(tokens).float(), dim=-1))
+        text = torch.stack(feats).mean(0)
+        self.register_buffer("text_features", F.normalize(text, dim=-1), persistent=False)
+        self.templates = tuple(templates)
+
+    def learnable_module(self):
+        return None
+
+    @torch.no_grad()
+    def forward(self, images):
+        return clip_logits(self.image_encoder(images), self.text_features, self.logit_scale)
+
+
+@TRAINER_REGISTRY.register()
+class ZeroshotCLIP(ClipTrainer):
+    """CLIP with the dataset's hand-crafted prompt."""
+
+    CFG_NODE = "COOP"  # the official scripts run it with CoOp's configs (PREC)
+    MODEL_NAME = ""
+
+    @classmethod
+    def templates(cls, cfg):
+        return [dataset_template(cfg.DATASET.NAME)]
+
+    @classmethod
+    def build_clip_model(cls, cfg, classnames, clip_model):
+        return ZeroShotModel(classnames, clip_model, cls.templates(cfg))
+
+    def build_model(self):
+        clip_model, self.precision = self.load_backbone(self.cfg, self.device)
+        self.model = self.build_clip_model(self.cfg, self.dm.dataset.classnames, clip_model)
+        print(f"Prompt templates: {list(self.model.templates)}")
+        self.model.to(self.device)
+        self.scaler = None
+
+    def train(self, *args, **kwargs):
+        """Nothing to train: evaluate the model as built."""
+        print(f"{type(self).__name__} has no learnable parameters: evaluating only")
+        self.set_model_mode("eval")
+        return self.test()
+
+
+@TRAINER_REGISTRY.register()
+class ZeroshotCLIP2(ZeroshotCLIP):
+    """CLIP with an ensemble of ImageNet templates (+ the dataset template)."""
+
+    @classmethod
+    def templates(cls, cfg):
+        templates = list(IMAGENET_TEMPLATES_SELECT)
+        if cfg.DATASET.NAME != "ImageNet":
+            templates.append(dataset_template(cfg.DATASET.NAME))
+        return templates
