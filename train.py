@@ -209,13 +209,16 @@ def main(argv=None):
             "backbone %s, output %s)", cfg.DATASET.NAME, cfg.DATASET.ROOT, cfg.MODEL.BACKBONE.NAME,
             cfg.OUTPUT_DIR,
         )
-    trainer = build_trainer(cfg)
-    if args.eval_only:
-        trainer.load_model(args.model_dir, epoch=args.load_epoch)
-        return trainer.test()
-    if not args.no_train:
-        trainer.train()
-    return trainer
+    try:
+        trainer = build_trainer(cfg)
+        if args.eval_only:
+            trainer.load_model(args.model_dir, epoch=args.load_epoch)
+            return trainer.test()
+        if not args.no_train:
+            trainer.train()
+        return trainer
+    finally:
+        sys.stdout.flush()  # everything printed so far reaches log.txt
 
 
 def cli(argv=None):

@@ -38,7 +38,6 @@ def make_build_lr_scheduler(real_build_lr_scheduler: Callable) -> Callable:
         successor = real_build_lr_scheduler(optimizer, successor_cfg)
         return wrap_with_warmup(optimizer, successor, optim_cfg)
 
-    build_lr_scheduler.__doc__ = real_build_lr_scheduler.__doc__
     return build_lr_scheduler
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import errno
-import functools
 import json
 import logging
 import os
@@ -17,8 +16,8 @@ import pickle
 import random
 import shutil
 import sys
-import tempfile
 import time
+import uuid
 import warnings
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Optional
@@ -137,7 +136,8 @@ class _Tee:
     def close(self):
         """Flush and close the log file; later writes only reach the console."""
         if self.file is not None:
-            self.flush()
+            self.file.flush()
+            os.fsync(self.file.fileno())
             self.file.close()
             self.file = None
 
@@ -146,6 +146,8 @@ class _Tee:
 
     def __getattr__(self, name):
         # encoding, errors, fileno, ...: behave like the wrapped console.
+        if name == "console":  # not set yet (e.g. during unpickling)
+            raise AttributeError(name)
         return getattr(self.console, name)
 
 
@@ -218,8 +220,9 @@ def collect_env_info() -> str:
 def _atomic_write(fpath: str, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temp file next to ``fpath``, then rename it over ``fpath``."""
     dirname = osp.dirname(fpath) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{osp.basename(fpath)}.", suffix=".tmp", dir=dirname)
-    os.close(fd)
+    # A hidden, unique name in the same folder (same filesystem, so os.replace is
+    # atomic); created by `write` itself so that it gets the usual permissions.
+    tmp = osp.join(dirname, f".{osp.basename(fpath)}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         write(tmp)
         os.replace(tmp, fpath)
@@ -284,39 +287,26 @@ def load_checkpoint(fpath: Optional[str]) -> Any:
     """
     if fpath is None:
         raise ValueError("File path is None")
-    fpath = osp.abspath(osp.expanduser(fpath))
     if not osp.exists(fpath):
         raise FileNotFoundError(f'File is not found at "{fpath}"')
     map_location = None if torch.cuda.is_available() else "cpu"
     try:
         try:
             return _torch_load(fpath, map_location, weights_only=True)
-        except pickle.UnpicklingError as exc:
+        except pickle.UnpicklingError:
             _logger.warning(
-                'Checkpoint "%s" pickles Python objects, so torch.load(weights_only=True) '
-                "refused it (%s); reloading it with weights_only=False. Only do this with "
-                "checkpoints you trust.",
-                fpath, str(exc).strip().splitlines()[0],
+                'torch.load(weights_only=True) refused checkpoint "%s" (it may contain pickled '
+                "Python objects, e.g. a scheduler saved by real Dassl); reloading it with "
+                "weights_only=False. Only load checkpoints you trust.",
+                fpath,
             )
             return _torch_load(fpath, map_location, weights_only=False)
     except UnicodeDecodeError:
         # Python 2 pickles: retry with a latin-1 unpickler (§f.4).
-        latin1 = _Latin1Pickle()
-        return torch.load(fpath, pickle_module=latin1, map_location=map_location, weights_only=False)
+        return torch.load(fpath, map_location=map_location, weights_only=False, encoding="latin1")
     except Exception:
         print(f'Unable to load checkpoint from "{fpath}"')
         raise
-
-
-class _Latin1Pickle:
-    """A ``pickle_module`` stand-in whose loaders decode with latin-1."""
-
-    Unpickler = functools.partial(pickle.Unpickler, encoding="latin1")
-    load = functools.partial(pickle.load, encoding="latin1")
-    loads = functools.partial(pickle.loads, encoding="latin1")
-    Pickler = pickle.Pickler
-    dump = pickle.dump
-    dumps = pickle.dumps
 
 
 def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer=None, scheduler=None) -> int:
@@ -336,7 +326,13 @@ def resume_with_loader(fdir, model, optimizer, scheduler, loader: Callable) -> i
             "restore it or delete the folder to train from scratch"
         )
     with open(pointer, "r") as f:
-        fname = f.readlines()[0].strip("\n")
+        lines = f.readlines()
+    if not lines or not lines[0].strip():
+        raise ValueError(
+            f'The "checkpoint" pointer file in {fdir} is empty: write the checkpoint file name '
+            "(e.g. model.pth.tar-5) into it or delete the folder to train from scratch"
+        )
+    fname = lines[0].strip("\n")
     fpath = osp.join(fdir, fname)
     print(f'Loading checkpoint from "{fpath}"')
     checkpoint = loader(fpath)

@@ -17,3 +17,4 @@ from . import (  # noqa: F401  (imported for registration)
     sun397,
     ucf101,
 )
+from . import synthetic  # noqa: F401  (the embedded offline dataset; added by the lead)

@@ -182,7 +182,7 @@ class ClipTrainer(TrainerX):
                     f"(the run saves <output-dir>/{name}/model.pth.tar-<epoch>)"
                 )
             checkpoint = load_checkpoint(model_path)
-            state_dict = checkpoint["state_dict"]
+            state_dict = self.convert_state_dict(name, checkpoint["state_dict"])
             for key in list(state_dict):
                 if key.split(".")[-1] in self.CLASS_DEPENDENT_KEYS:
                     del state_dict[key]
@@ -190,6 +190,14 @@ class ClipTrainer(TrainerX):
             check_state_dict_compatible(module, state_dict, model_path, type(self).__name__)
             print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
             module.load_state_dict(state_dict, strict=True)
+
+    def convert_state_dict(self, name, state_dict):
+        """Hook: map a loaded state dict to our parameter names (default: unchanged).
+
+        A trainer overrides it to read checkpoints written by the official code
+        with other names or layout (e.g. MaPLe's whole-model checkpoints).
+        """
+        return state_dict
 
 
 def check_state_dict_compatible(module, state_dict, path, trainer_name):

@@ -294,8 +294,8 @@ class ImageEncoder(nn.Module):
 
     * ``prompts`` [n, W] or [B, n, W]: tokens appended after the patch tokens,
       after the positional embedding and before ``ln_pre`` (MaPLe);
-    * ``deep_prompts``: list of [n, W]; before vision block ``i >= 1`` the last
-      ``n`` tokens are replaced by ``deep_prompts[i-1]``;
+    * ``deep_prompts``: list of [n, W] (or per image [B, n, W]); before vision
+      block ``i >= 1`` the last ``n`` tokens are replaced by ``deep_prompts[i-1]``;
     * ``return_block_tokens``: also return the output of every residual block,
       all tokens, as [L, B, T, W] (batch-major inside each layer).
 
@@ -342,8 +342,12 @@ class ImageEncoder(nn.Module):
         for i, block in enumerate(v.transformer.resblocks):
             if deep_prompts is not None and 1 <= i <= len(deep_prompts):
                 deep = deep_prompts[i - 1].type(x.dtype)
-                n = deep.shape[0]
-                x = torch.cat([x[:-n], deep.unsqueeze(1).expand(n, x.shape[1], -1)], dim=0)
+                n = deep.shape[-2]
+                if deep.dim() == 2:
+                    deep = deep.unsqueeze(1).expand(n, x.shape[1], -1)
+                else:  # per image [B, n, W] -> sequence-first
+                    deep = deep.permute(1, 0, 2)
+                x = torch.cat([x[:-n], deep], dim=0)
             x = block(x)
             if return_block_tokens:
                 block_tokens.append(x.permute(1, 0, 2))
