@@ -85,7 +85,8 @@ def listdir_nohidden(path: str, sort: bool = False) -> list:
 
 def read_image(path: str) -> Image.Image:
     """Open an image with PIL and convert it to RGB (§c.8: no retry, no EXIF rotation)."""
-    return Image.open(path).convert("RGB")
+    with Image.open(path) as img:  # close the file handle (Dassl leaks it)
+        return img.convert("RGB")
 
 
 def tolist_if_not(x: Any) -> list:
@@ -120,7 +121,9 @@ class _Tee:
         self.console = console
         self.fpath = fpath
         mkdir_if_missing(osp.dirname(fpath))
-        self.file = open(fpath, "w")
+        # Line-buffered (an improvement over Dassl): every finished line reaches the file even
+        # if the process is killed before it flushes.
+        self.file = open(fpath, "w", buffering=1)
 
     def write(self, msg):
         self.console.write(msg)

@@ -104,3 +104,9 @@ def test_every_config_file_merges():
     for path in files:
         cfg = default_cfg()
         cfg.merge_from_file(str(path))
+
+
+def test_input_size_mismatch_is_explained(capfd, tmp_path, synthetic_root):
+    msg = _cli_error(capfd, ["--root", synthetic_root, "--output-dir", str(tmp_path / "o"), "--trainer", "CoOp",
+                             "INPUT.SIZE", "(224, 224)", *FAST])
+    assert "INPUT.SIZE" in msg and "(32, 32)" in msg

@@ -82,6 +82,7 @@ class ClipTrainer(TrainerX):
         cfg = self.cfg
         classnames = self.dm.dataset.classnames
         clip_model, self.precision = self.load_backbone(cfg, self.device)
+        check_input_size(cfg, clip_model)
         print(f"Building custom CLIP ({type(self).__name__})")
         self.model = self.build_clip_model(cfg, classnames, clip_model)
         learnable = self.model.learnable_module()
@@ -198,6 +199,16 @@ class ClipTrainer(TrainerX):
         with other names or layout (e.g. MaPLe's whole-model checkpoints).
         """
         return state_dict
+
+
+def check_input_size(cfg, clip_model):
+    """A ViT only accepts its own input resolution: say so before a shape error deep inside."""
+    resolution = clip_model.visual.input_resolution
+    if hasattr(clip_model.visual, "transformer") and tuple(cfg.INPUT.SIZE) != (resolution, resolution):
+        raise UserError(
+            f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the backbone's input resolution "
+            f"{resolution}: add INPUT.SIZE \"({resolution}, {resolution})\" to the opts"
+        )
 
 
 def check_state_dict_compatible(module, state_dict, path, trainer_name):

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dassl_compat import TRAINER_REGISTRY
-from trainers.base import ClipTrainer
+from trainers.base import ClipTrainer, check_input_size
 from trainers.clip_helpers import ImageEncoder, clean_classname, clip_logits, tokenize
 
 CUSTOM_TEMPLATES = {
@@ -92,6 +92,7 @@ class ZeroshotCLIP(ClipTrainer):
 
     def build_model(self):
         clip_model, self.precision = self.load_backbone(self.cfg, self.device)
+        check_input_size(self.cfg, clip_model)
         self.model = self.build_clip_model(self.cfg, self.dm.dataset.classnames, clip_model)
         print(f"Prompt templates: {list(self.model.templates)}")
         self.model.to(self.device)
