@@ -211,6 +211,10 @@ def main(argv=None):
         )
     try:
         trainer = build_trainer(cfg)
+        trainer.run_info = {
+            "config_file": args.config_file, "dataset_config_file": args.dataset_config_file,
+            "eval_only": args.eval_only, "model_dir": args.model_dir, "load_epoch": args.load_epoch,
+        }
         if args.eval_only:
             trainer.load_model(args.model_dir, epoch=args.load_epoch)
             return trainer.test()

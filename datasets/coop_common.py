@@ -18,7 +18,6 @@ the official readers, so the same ``SEED`` selects the same images.
 from __future__ import annotations
 
 import math
-import os
 import os.path as osp
 import random
 from collections import OrderedDict
@@ -34,12 +33,15 @@ from dassl_compat import (
     write_json,
 )
 
+from user_errors import UserError
+
 from .datum_pickle import CacheError, load_datum_pickle, save_datum_pickle
 
 __all__ = [
     "DATASETS_DOC",
     "DatasetNotFoundError",
     "ImageNotFoundError",
+    "DatasetError",
     "CacheError",
     "CoOpFewShotDataset",
     "dataset_root",
@@ -70,12 +72,16 @@ DATASETS_DOC = "DATASETS.md"
 _MAX_LISTED = 5
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(FileNotFoundError, UserError):
     """A dataset folder or one of its required files is missing."""
 
 
-class ImageNotFoundError(FileNotFoundError):
+class ImageNotFoundError(FileNotFoundError, UserError):
     """A split, list or cache names an image file that does not exist."""
+
+
+class DatasetError(UserError, ValueError):
+    """Dataset files that do not fit together, or a bad dataset config value."""
 
 
 # ---------------------------------------------------------------------------
@@ -186,7 +192,7 @@ def read_split(filepath, path_prefix):
     split = read_json(filepath)
     for key in ("train", "val", "test"):
         if key not in split:
-            raise CacheError(
+            raise DatasetError(
                 f"Split file {filepath} has no '{key}' list: it must hold 'train', 'val' and "
                 f"'test' lists of [image path, label, class name]; re-download it ({DATASETS_DOC})"
             )
@@ -237,7 +243,7 @@ def split_trainval(trainval, p_val=0.2):
     for label, idxs in tracker.items():
         n_val = round(len(idxs) * p_val)
         if n_val <= 0:
-            raise ValueError(
+            raise DatasetError(
                 f"Cannot split trainval: class {trainval[idxs[0]].classname!r} (label {label}) "
                 f"has {len(idxs)} image(s), too few for a {p_val:.0%} val share; check the "
                 f"annotation files or use the official split file ({DATASETS_DOC})"
@@ -274,7 +280,7 @@ def read_and_split_data(image_dir, p_trn=0.5, p_val=0.2, ignored=(), new_cnames=
         n_val = round(n_total * p_val)
         n_test = n_total - n_train - n_val
         if not (n_train > 0 and n_val > 0 and n_test > 0):
-            raise ValueError(
+            raise DatasetError(
                 f"Cannot split {category_dir}: {n_total} image(s) give {n_train}/{n_val}/"
                 f"{n_test} train/val/test; each class needs enough images for all three "
                 f"(or use the official split file, {DATASETS_DOC})"
@@ -298,7 +304,7 @@ def get_subsample(cfg) -> str:
     """``DATASET.SUBSAMPLE_CLASSES`` (``"all"`` when the config lacks the key), validated."""
     subsample = cfg.DATASET.get("SUBSAMPLE_CLASSES", "all")
     if subsample not in _SUBSAMPLE_CHOICES:
-        raise ValueError(
+        raise DatasetError(
             f"DATASET.SUBSAMPLE_CLASSES must be one of {', '.join(_SUBSAMPLE_CHOICES)}, "
             f"got {subsample!r}"
         )
@@ -312,7 +318,7 @@ def subsample_classes(*args, subsample="all"):
     ``"all"`` returns the inputs unchanged (as a tuple).
     """
     if subsample not in _SUBSAMPLE_CHOICES:
-        raise ValueError(
+        raise DatasetError(
             f"subsample must be one of {', '.join(_SUBSAMPLE_CHOICES)}, got {subsample!r}"
         )
     if subsample == "all":

@@ -32,6 +32,7 @@ import os
 import pickle
 
 from dassl_compat import Datum
+from user_errors import UserError
 
 __all__ = [
     "DASSL_DATUM_MODULE",
@@ -58,8 +59,8 @@ _SAFE_GLOBALS = {
 }
 
 
-class CacheError(ValueError):
-    """A dataset cache file exists but cannot be used (corrupt, foreign, stale)."""
+class CacheError(UserError, ValueError):
+    """A dataset cache or split file exists but cannot be used (corrupt, foreign)."""
 
 
 def _datum_state(item) -> dict:

@@ -3,7 +3,7 @@ import os.path as osp
 
 from dassl_compat import DATASET_REGISTRY
 
-from .coop_common import CoOpFewShotDataset, new_datum
+from .coop_common import CoOpFewShotDataset, DatasetError, new_datum
 
 
 @DATASET_REGISTRY.register()
@@ -41,7 +41,7 @@ class FGVCAircraft(CoOpFewShotDataset):
                 tokens = line.strip().split(" ")
                 classname = " ".join(tokens[1:])
                 if classname not in cname2lab:
-                    raise ValueError(
+                    raise DatasetError(
                         f"{filepath}: variant {classname!r} (image {tokens[0]}) is not listed in "
                         f"variants.txt; the annotation files do not belong together"
                     )

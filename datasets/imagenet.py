@@ -12,6 +12,7 @@ from dassl_compat import DATASET_REGISTRY, DatasetBase, listdir_nohidden
 from .coop_common import (
     CacheError,
     DATASETS_DOC,
+    DatasetError,
     DatasetNotFoundError,
     ImageNotFoundError,
     check_layout,
@@ -106,7 +107,7 @@ class ImageNet(DatasetBase):
         items = []
         for label, folder in enumerate(folders):
             if folder not in classnames:
-                raise ValueError(
+                raise DatasetError(
                     f"Dataset ImageNet: folder {osp.join(split_dir, folder)} has no entry in "
                     f"{osp.join(self.dataset_dir, 'classnames.txt')}"
                 )

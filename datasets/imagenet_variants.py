@@ -8,7 +8,7 @@ import os.path as osp
 
 from dassl_compat import DatasetBase, get_logger, listdir_nohidden
 
-from .coop_common import check_layout, dataset_root, new_datum, read_classnames
+from .coop_common import DatasetError, check_layout, dataset_root, new_datum, read_classnames
 
 _LOG = get_logger("datasets")
 
@@ -46,7 +46,7 @@ class ImageNetVariant(DatasetBase):
         items = []
         for label, folder in enumerate(folders):
             if folder not in classnames:
-                raise ValueError(
+                raise DatasetError(
                     f"Dataset {type(self).__name__}: folder {osp.join(self.image_dir, folder)} has "
                     f"no entry in {osp.join(self.dataset_dir, 'classnames.txt')}"
                 )

@@ -6,7 +6,7 @@ from collections import OrderedDict
 from dassl_compat import DATASET_REGISTRY, read_json
 from scipy.io import loadmat
 
-from .coop_common import CoOpFewShotDataset, new_datum
+from .coop_common import CoOpFewShotDataset, DatasetError, new_datum
 
 
 @DATASET_REGISTRY.register()
@@ -40,7 +40,7 @@ class OxfordFlowers(CoOpFewShotDataset):
             n_val = round(n_total * p_val)
             n_test = n_total - n_train - n_val
             if not (n_train > 0 and n_val > 0 and n_test > 0):
-                raise ValueError(
+                raise DatasetError(
                     f"Cannot split OxfordFlowers class {label}: {n_total} image(s) give "
                     f"{n_train}/{n_val}/{n_test} train/val/test; use the official split file"
                 )

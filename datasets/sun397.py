@@ -3,7 +3,7 @@ import os.path as osp
 
 from dassl_compat import DATASET_REGISTRY
 
-from .coop_common import CoOpFewShotDataset, new_datum, split_trainval
+from .coop_common import CoOpFewShotDataset, DatasetError, new_datum, split_trainval
 
 
 @DATASET_REGISTRY.register()
@@ -37,7 +37,7 @@ class SUN397(CoOpFewShotDataset):
                 imname = line.strip()[1:]  # drop the leading "/"
                 key = osp.dirname(imname)
                 if key not in cname2lab:
-                    raise ValueError(
+                    raise DatasetError(
                         f"{filepath}: class folder {key!r} is not listed in ClassName.txt; "
                         f"the partition files do not belong together"
                     )

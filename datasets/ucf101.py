@@ -4,7 +4,7 @@ import re
 
 from dassl_compat import DATASET_REGISTRY
 
-from .coop_common import CoOpFewShotDataset, new_datum, split_trainval
+from .coop_common import CoOpFewShotDataset, DatasetError, new_datum, split_trainval
 
 
 @DATASET_REGISTRY.register()
@@ -41,7 +41,7 @@ class UCF101(CoOpFewShotDataset):
             for line in f:
                 action, filename = line.strip().split(" ")[0].split("/")
                 if action not in cname2lab:
-                    raise ValueError(
+                    raise DatasetError(
                         f"{filepath}: action {action!r} is not listed in classInd.txt; "
                         f"the list files do not belong together"
                     )

@@ -286,6 +286,7 @@ def test_pets_split_built_from_annotations(tmp_path, capsys):
         (ds_dir / "annotations" / fname).write_text("".join(lines))
     ds = build(tmp_path, "OxfordPets")
     out = capsys.readouterr().out
+    assert "split_zhou_OxfordPets.json not found; building a new random split" in out
     assert "Splitting trainval into 80% train and 20% val" in out
     assert f"Saved split to {ds_dir / 'split_zhou_OxfordPets.json'}" in out
     assert ds.classnames == ["abyssinian", "american_bulldog", "bengal"]
@@ -490,3 +491,16 @@ def test_bad_subsample_value(tmp_path):
     make_split_tree(tmp_path, "DescribableTextures")
     with pytest.raises(ValueError, match="SUBSAMPLE_CLASSES"):
         build(tmp_path, "DescribableTextures", subsample="novel")
+
+
+
+def test_dataset_errors_are_user_errors(tmp_path):
+    """train.py turns a UserError into one line on stderr (no traceback)."""
+    from user_errors import UserError
+
+    with pytest.raises(UserError):
+        build(tmp_path, "ImageNetA")
+    make_fgvc_tree(tmp_path)
+    (tmp_path / "fgvc_aircraft" / "images_variant_val.txt").write_text("1000000 No Such Variant\n")
+    with pytest.raises(UserError, match="No Such Variant"):
+        build(tmp_path, "FGVCAircraft")

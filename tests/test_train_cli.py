@@ -1,6 +1,7 @@
 """train.py end to end on the embedded offline default, and its handling of bad input."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,19 @@ def test_train_then_eval_only_gives_the_same_accuracy(trainer_name, tmp_path, sy
     assert "Finish training" in log
     trained = last_accuracy(log)
     assert (out / "prompt_learner" / "model.pth.tar-1").is_file()
+    record = json.loads((out / "results.json").read_text())
+    assert record["trainer"] == trainer_name and record["dataset"] == "SyntheticShapes"
+    assert record["epoch"] == 1 and record["seed"] == 1 and record["shots"] == 2
+    assert f"{record['metrics']['accuracy']:.1f}" == f"{trained:.1f}"
+    assert set(record["metrics"]) >= {"accuracy", "error_rate", "macro_f1"}
 
     out_eval = tmp_path / "eval"
     acc = train.main(["--root", synthetic_root, "--trainer", trainer_name, "--output-dir", str(out_eval),
                       "--model-dir", str(out), "--load-epoch", "1", "--eval-only", *FAST])
     assert f"{acc:.1f}" == f"{trained:.1f}"
     assert "Loading weights to prompt_learner" in _log(out_eval)
+    record = json.loads((out_eval / "results.json").read_text())
+    assert record["eval_only"] and record["load_epoch"] == 1 and record["model_dir"] == str(out)
 
 
 @pytest.mark.parametrize("extra", [[], ["--eval-only"]])

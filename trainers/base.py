@@ -158,15 +158,52 @@ class ClipTrainer(TrainerX):
             return self.model(images)
 
     def test(self, split=None):
+        self._capture_evaluator_results()
         begin = getattr(self.model, "begin_eval", None)
         if begin is not None:
             begin()
         try:
-            return super().test(split=split)
+            result = super().test(split=split)
         finally:
             end = getattr(self.model, "end_eval", None)
             if end is not None:
                 end()
+        requested = split or self.cfg.TEST.SPLIT
+        final_split = "val" if (requested == "val" and self.val_loader is not None) else "test"
+        if final_split == "test" and self._last_results is not None:
+            self._write_results(final_split)
+        return result
+
+    def _capture_evaluator_results(self):
+        """Keep the evaluator's full result dict (Dassl's test() returns only accuracy)."""
+        self._last_results = None
+        evaluator = self.evaluator
+        if getattr(evaluator, "_captured_by_trainer", False):
+            return
+        evaluate = evaluator.evaluate
+
+        def evaluate_and_keep():
+            results = evaluate()
+            self._last_results = dict(results)
+            return results
+
+        evaluator.evaluate = evaluate_and_keep
+        evaluator._captured_by_trainer = True
+
+    def _write_results(self, split):
+        import dassl_compat
+        from run_results import build_record, write_results
+
+        info = getattr(self, "run_info", {}) or {}
+        if not self.get_model_names():
+            epoch = None  # nothing trained (zero-shot)
+        elif info.get("eval_only"):
+            epoch = info.get("load_epoch")
+        else:
+            epoch = self.epoch + 1
+        record = build_record(self.cfg, self._last_results, split=split, epoch=epoch, run_info=info,
+                              backend=dassl_compat.BACKEND)
+        write_results(self.output_dir, record)
 
     # -------------------------------------------------------------- checkpoint
     def load_model(self, directory, epoch=None):

@@ -43,6 +43,16 @@ BUILTIN_ARCHS = {
     ),
 }
 
+#: Built-in *pretrained* checkpoints shipped with the repository: name -> file
+#: (a CLIP state dict, loaded like ``MODEL.BACKBONE.PATH``) and how to (re)make it.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILTIN_CHECKPOINTS = {
+    "tiny-synthetic": (
+        os.path.join(_REPO, "assets", "tiny_clip_synthetic.pt"),
+        "python tools/pretrain_tiny_clip.py",
+    ),
+}
+
 PRECISIONS = ("fp16", "fp32", "amp", "bf16")
 
 
@@ -57,7 +67,7 @@ def _clip():
 
 
 def available_backbones() -> List[str]:
-    return list(_clip().available_models()) + sorted(BUILTIN_ARCHS)
+    return list(_clip().available_models()) + sorted(BUILTIN_ARCHS) + sorted(BUILTIN_CHECKPOINTS)
 
 
 def build_builtin_clip(name: str, seed: int = 0) -> nn.Module:
@@ -88,6 +98,12 @@ def load_clip(name: str, path: str = "", device="cpu", seed: int = 0) -> nn.Modu
             )
         model = _load_clip_file(clip, path)
         logger.info("Loaded CLIP weights from %s", path)
+    elif name in BUILTIN_CHECKPOINTS:
+        file, remake = BUILTIN_CHECKPOINTS[name]
+        if not os.path.isfile(file):
+            raise UserError(f"built-in checkpoint {name!r} is missing ({file}): regenerate it with `{remake}`")
+        model = _load_clip_file(clip, file)
+        logger.info("Loaded the built-in pretrained CLIP %r from %s", name, file)
     elif name in BUILTIN_ARCHS:
         model = build_builtin_clip(name, seed=seed)
         logger.info("Built the tiny random CLIP architecture %r (seed %d)", name, seed)

@@ -1,0 +1,85 @@
+"""Machine-readable results written next to ``log.txt``.
+
+Every final evaluation (the test after training, or an ``--eval-only`` run)
+writes ``<OUTPUT_DIR>/results.json``, so results can be tabulated without
+grepping log lines (see ``parse_test_res.py``).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import os.path as osp
+import platform
+import tempfile
+
+RESULTS_FILE = "results.json"
+SCHEMA_VERSION = 1
+
+
+def _versions():
+    import torch
+    import torchvision
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "torchvision": torchvision.__version__}
+    try:
+        from importlib.metadata import version
+
+        versions["clip"] = version("clip-anytorch")
+    except Exception:  # pragma: no cover - another CLIP distribution
+        versions["clip"] = "unknown"
+    return versions
+
+
+def build_record(cfg, metrics, *, split, epoch, run_info=None, backend=""):
+    """The dict stored in ``results.json`` for one evaluation."""
+    run_info = dict(run_info or {})
+    config_file = run_info.get("config_file") or ""
+    return {
+        "schema": SCHEMA_VERSION,
+        "trainer": cfg.TRAINER.NAME,
+        "config": osp.splitext(osp.basename(config_file))[0] if config_file else "",
+        "config_file": config_file,
+        "dataset_config_file": run_info.get("dataset_config_file", ""),
+        "dataset": cfg.DATASET.NAME,
+        "subsample": cfg.DATASET.SUBSAMPLE_CLASSES,
+        "shots": cfg.DATASET.NUM_SHOTS,
+        "seed": cfg.SEED,
+        "source_domains": list(cfg.DATASET.SOURCE_DOMAINS),
+        "target_domains": list(cfg.DATASET.TARGET_DOMAINS),
+        "backbone": cfg.MODEL.BACKBONE.NAME or cfg.MODEL.BACKBONE.PATH,
+        "split": split,
+        "epoch": epoch,
+        "eval_only": bool(run_info.get("eval_only", False)),
+        "model_dir": run_info.get("model_dir", ""),
+        "load_epoch": run_info.get("load_epoch"),
+        "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+        "backend": backend,
+        "versions": _versions(),
+        "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def write_results(output_dir, record):
+    """Write ``results.json`` atomically (a crash never leaves half a file)."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = osp.join(output_dir, RESULTS_FILE)
+    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=output_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2)
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_results(output_dir):
+    """The record of ``output_dir``, or None when it has no results.json."""
+    path = osp.join(output_dir, RESULTS_FILE)
+    if not osp.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
