@@ -63,8 +63,16 @@ class CacheError(UserError, ValueError):
     """A dataset cache or split file exists but cannot be used (corrupt, foreign)."""
 
 
+_STATE_KEYS = ["_impath", "_label", "_domain", "_classname"]
+
+
 def _datum_state(item) -> dict:
     # The instance dict of Dassl's Datum, in its attribute order (§c.1, §h.4).
+    # Reusing the object's own dict (as object.__getstate__ does) avoids a copy
+    # per item when pickling ImageNet's 1.3M entries.
+    state = getattr(item, "__dict__", None)
+    if state is not None and list(state) == _STATE_KEYS:
+        return state
     return {
         "_impath": item.impath,
         "_label": item.label,

@@ -199,6 +199,8 @@ class ClipTrainer(TrainerX):
             epoch = None  # nothing trained (zero-shot)
         elif info.get("eval_only"):
             epoch = info.get("load_epoch")
+        elif self.start_epoch >= self.max_epoch:
+            epoch = self.start_epoch  # a finished run resumed: no epoch ran in this process
         else:
             epoch = self.epoch + 1
         record = build_record(self.cfg, self._last_results, split=split, epoch=epoch, run_info=info,
