@@ -396,7 +396,7 @@ class GOPro(ClipTrainer):
     MODEL_NAME = "gopro"
     OFFLINE_DEFAULTS = (
         "TRAINER.GOPRO.N_CTX", 4, "TRAINER.GOPRO.CTX_INIT", "a photo of a", "TRAINER.GOPRO.PREC", "fp32",
-        "OPTIM.NAME", "sgd", "OPTIM.LR", 0.002, "OPTIM.MAX_EPOCH", 2, "OPTIM.LR_SCHEDULER", "cosine",
+        "OPTIM.NAME", "sgd", "OPTIM.LR", 0.002, "OPTIM.MAX_EPOCH", 3, "OPTIM.LR_SCHEDULER", "cosine",
         "OPTIM.WARMUP_EPOCH", 1, "OPTIM.WARMUP_TYPE", "constant", "OPTIM.WARMUP_CONS_LR", 1e-5,
         "DATALOADER.TRAIN_X.BATCH_SIZE", 8,
     )
@@ -451,16 +451,6 @@ class GOPro(ClipTrainer):
                 "drop_last discards %d of %d training samples every epoch (Dassl's train loader): "
                 "choose DATALOADER.TRAIN_X.BATCH_SIZE dividing the training-set size to use them all",
                 n_items - used, n_items,
-            )
-
-    def build_model(self):
-        size = tuple(int(s) for s in self.cfg.INPUT.SIZE)
-        super().build_model()
-        resolution = self.model.image_encoder.input_resolution
-        if size != (resolution, resolution):
-            raise UserError(
-                f"INPUT.SIZE {size} does not match the CLIP backbone's input resolution "
-                f"{resolution}: set INPUT.SIZE ({resolution}, {resolution})"
             )
 
     def loss_weights(self) -> Dict[str, float]:

@@ -31,9 +31,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
-from dassl_compat import DatasetWrapper, INTERPOLATION_MODES, get_logger, read_image
-
-logger = get_logger("gopro.views")
+from dassl_compat import DatasetWrapper, INTERPOLATION_MODES, read_image
 
 __all__ = [
     "AUGMIX_OPS", "AugMixView", "GOProDatasetWrapper", "GaussianBlurPIL", "augmix_mix",

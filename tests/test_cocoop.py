@@ -1,0 +1,180 @@
+"""CoCoOp trainer: parity, batched per-image text path, training, checkpoints, new classes, PREC."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train
+from dassl_compat import load_checkpoint
+from trainers.clip_helpers import PRECISIONS
+from trainers.cocoop import CoCoOp, CoCoOpModel
+from trainers.config import default_cfg
+
+CLASSNAMES = ["dog", "sea_turtle", "forklift", "golden retriever", "air conditioner"]
+
+
+def _cfg(**node):
+    cfg = default_cfg()
+    cfg.MODEL.BACKBONE.NAME = "tiny"
+    cfg.TRAINER.COCOOP.PREC = "fp32"
+    for key, value in node.items():
+        cfg.TRAINER.COCOOP[key] = value
+    return cfg
+
+
+def _perturb(module, seed=5, scale=0.05):
+    """Move every learnable tensor away from its initial value (deterministically)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
+def _images(n=3, seed=2):
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def _trainer(root, out, *opts):
+    """A CoCoOp trainer on the embedded offline default, built but not trained."""
+    return train.main(["--root", root, "--trainer", "CoCoOp", "--output-dir", str(out), "--no-train",
+                       "DATASET.NUM_SHOTS", "2", *opts])
+
+
+# --------------------------------------------------------------------------- parity
+def test_parity_fixture(shared_dir):
+    import parity
+
+    ok, rows = parity.check(str(shared_dir / "parity" / "cocoop.pt"), str(shared_dir / "parity" / "tiny_clip.pt"),
+                            quiet=True)
+    assert ok, rows
+    assert {k for k, _ in rows} >= {"out.meta_net_bias", "out.text_features_raw", "grad.meta_net.linear2.weight"}
+
+
+# ------------------------------------------------------------------ model behaviour
+def test_batched_text_path_equals_a_per_image_loop(tiny_clip):
+    model = CoCoOpModel(_cfg(N_CTX=4, CTX_INIT="a photo of a"), CLASSNAMES, tiny_clip)
+    _perturb(model.prompt_learner)
+    images = _images()
+    with torch.no_grad():
+        image = model.encode_images(images)
+        prompts, bias = model.prompt_learner(F.normalize(image, dim=-1))
+        batched = model.encode_prompts(prompts)
+        tokenized = model.prompt_learner.tokenized_prompts
+        loop = torch.stack([model.text_encoder(prompts[b], tokenized) for b in range(len(images))])
+        model.max_text_batch = 7  # forces one image per text-encoder call
+        chunked = model.encode_prompts(prompts)
+    assert batched.shape == (3, len(CLASSNAMES), image.shape[1])
+    torch.testing.assert_close(batched, loop, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked, loop, rtol=1e-5, atol=1e-5)
+    # every class prompt of image b carries ctx + pi_b right after SOS
+    n_ctx = model.prompt_learner.n_ctx
+    expected_ctx = model.prompt_learner.ctx + bias[1]
+    for c in range(len(CLASSNAMES)):
+        torch.testing.assert_close(prompts[1, c, 1:1 + n_ctx], expected_ctx)
+    # the shift depends on the image
+    assert not torch.allclose(bias[0], bias[1])
+
+
+def test_meta_net_is_fed_the_normalised_image_feature(tiny_clip):
+    model = CoCoOpModel(_cfg(N_CTX=4, CTX_INIT="a photo of a"), CLASSNAMES, tiny_clip)
+    images = _images()
+    with torch.no_grad():
+        parts = model.inspect(images)
+        unit = F.normalize(parts["image_features_raw"], dim=-1)
+        torch.testing.assert_close(parts["meta_net_bias"], model.prompt_learner.meta_net(unit))
+    assert model.prompt_learner.meta_net.linear1.out_features == tiny_clip.visual.output_dim // 16
+
+
+@pytest.mark.parametrize("n_ctx,ctx_init,expected_n,prefix", [
+    (8, "", 8, " ".join(["X"] * 8)),
+    (16, "a_photo of", 3, "a photo of"),  # CTX_INIT's word count replaces N_CTX
+    (2, "", 2, "X X"),
+])
+def test_other_context_settings_and_class_names_build_and_run(tiny_clip, n_ctx, ctx_init, expected_n, prefix):
+    names = ["red_circle", "a much longer class name here", "x"]
+    model = CoCoOpModel(_cfg(N_CTX=n_ctx, CTX_INIT=ctx_init), names, tiny_clip)
+    learner = model.prompt_learner
+    assert learner.ctx.shape == (expected_n, tiny_clip.ln_final.weight.shape[0])
+    assert learner.prompt_prefix == prefix
+    images = _images(2)
+    logits, terms = model.forward_train(images, torch.tensor([0, 2]))
+    assert logits.shape == (2, 3)
+    assert torch.isfinite(terms["ce"])
+    terms["ce"].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in learner.parameters())
+
+
+def test_bad_n_ctx_is_a_clear_error(tiny_clip):
+    with pytest.raises(Exception, match="N_CTX"):
+        CoCoOpModel(_cfg(N_CTX=0, CTX_INIT=""), CLASSNAMES, tiny_clip)
+
+
+@pytest.mark.parametrize("prec", PRECISIONS)
+def test_every_prec_runs_on_cpu(prec):
+    cfg = _cfg(N_CTX=4, CTX_INIT="a photo of a")
+    cfg.TRAINER.COCOOP.PREC = prec
+    clip_model, precision = CoCoOp.load_backbone(cfg, "cpu")
+    model = CoCoOp.build_clip_model(cfg, CLASSNAMES, clip_model)
+    images, labels = _images(), torch.tensor([0, 3, 1])
+    with precision.autocast():
+        logits, terms = model.forward_train(images, labels)
+    terms["ce"].backward()
+    assert torch.isfinite(terms["ce"]) and logits.shape == (3, 5)
+    with torch.no_grad(), precision.autocast():
+        assert torch.isfinite(model(images)).all()
+
+
+# ------------------------------------------------------------ trainer integration
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, synthetic_root):
+    """A trainer on the base classes after one training step, and its checkpoint folder."""
+    out = tmp_path_factory.mktemp("cocoop_base")
+    trainer = _trainer(synthetic_root, out, "DATASET.SUBSAMPLE_CLASSES", "base")
+    learnable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.set_model_mode("train")
+    trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, len(trainer.train_loader_x)
+    summary = trainer.forward_backward(next(iter(trainer.train_loader_x)))
+    trainer.save_model(0, str(out))
+    return dict(trainer=trainer, out=out, learnable=learnable, before=before, summary=summary)
+
+
+def test_one_training_step_changes_only_learnable_params(base_run):
+    trainer = base_run["trainer"]
+    assert base_run["learnable"] == {"prompt_learner." + n for n, _ in trainer.model.prompt_learner.named_parameters()}
+    assert torch.isfinite(torch.tensor(base_run["summary"]["loss"]))
+    after = trainer.model.state_dict()
+    changed = {k for k, v in base_run["before"].items() if not torch.equal(v, after[k])}
+    assert changed == base_run["learnable"]
+
+
+def test_checkpoint_holds_only_the_prompt_learner(base_run):
+    ckpt = load_checkpoint(str(base_run["out"] / "prompt_learner" / "model.pth.tar-1"))
+    assert set(ckpt["state_dict"]) == {"ctx", "meta_net.linear1.weight", "meta_net.linear1.bias",
+                                       "meta_net.linear2.weight", "meta_net.linear2.bias"}
+
+
+def test_save_load_gives_identical_logits(base_run, tmp_path, synthetic_root):
+    trainer = base_run["trainer"]
+    other = _trainer(synthetic_root, tmp_path, "DATASET.SUBSAMPLE_CLASSES", "base")
+    images = next(iter(trainer.test_loader))["img"][:4]
+    trainer.set_model_mode("eval")
+    other.set_model_mode("eval")
+    with torch.no_grad():
+        expected = trainer.model(images)
+        assert not torch.equal(other.model(images), expected)  # a fresh model differs
+        other.load_model(str(base_run["out"]), epoch=1)
+        assert torch.equal(other.model(images), expected)
+
+
+def test_base_trained_model_evaluates_on_all_classes(base_run, tmp_path, synthetic_root):
+    base_classes = base_run["trainer"].model.prompt_learner.n_cls
+    other = _trainer(synthetic_root, tmp_path, "DATASET.SUBSAMPLE_CLASSES", "all")
+    other.load_model(str(base_run["out"]), epoch=1)
+    n_cls = other.dm.num_classes
+    assert n_cls > base_classes
+    assert other.model.prompt_learner.token_prefix.shape[0] == n_cls
+    torch.testing.assert_close(other.model.prompt_learner.ctx, base_run["trainer"].model.prompt_learner.ctx)
+    accuracy = other.test()
+    assert 0.0 <= accuracy <= 100.0
