@@ -1,161 +1,194 @@
-"""SyntheticShapes: the embedded offline dataset (no download).
+"""Synthetic datasets generated on first use (no download), and SyntheticShapes.
 
-Coloured shapes ("red circle", "blue triangle", ...) drawn procedurally in
-three visual styles -- ``photo``, ``sketch`` and ``cartoon`` -- which are the
-dataset's domains.  On first use it is generated deterministically under
-``DATASET.ROOT/synthetic_shapes/`` as PNG files plus a split file in CoOp's
-format (``split_zhou_SyntheticShapes.json``), and from then on it is read like
-every CoOp dataset: split file, few-shot cache, base / new subsampling.
+Every synthetic dataset draws its images with the concept world of
+``datasets/synthetic_world.py`` (the images the built-in ``tiny-synthetic``
+CLIP was pretrained on).  On first use it is generated deterministically under
+``DATASET.ROOT/<dataset_dir>/`` as PNG files plus a split file in CoOp's format
+(``split_zhou_<Name>.json``), and from then on it is read like every CoOp
+dataset (dassl-behaviour.md §h.1): split file, few-shot cache, base / new
+subsampling.  A folder made by an older generator (``generator.json``) is
+regenerated, and its stale few-shot caches are removed.
 
-``DATASET.SOURCE_DOMAINS`` restricts train / val to those styles and
-``DATASET.TARGET_DOMAINS`` restricts the test set, for domain-generalisation
-runs (e.g. train on ``photo``, test on ``sketch cartoon``).
+Styles are the domains: ``DATASET.SOURCE_DOMAINS`` restricts train / val to
+those styles and ``DATASET.TARGET_DOMAINS`` the test set (Dassl-style domain
+generalisation, e.g. train on ``photo``, test on ``sketch cartoon``); without
+them a dataset uses its own default styles.
+
+``SyntheticShapes`` is the embedded offline default: 12 classes (red / green /
+blue / yellow x circle / square / triangle) in three styles.  The benchmark
+datasets are in ``datasets/synthetic_benchmarks.py``.
 """
 from __future__ import annotations
 
-import math
+import glob
+import json
+import os
 import os.path as osp
+from typing import Dict, List, Optional, Sequence
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+import torch
+from PIL import Image
 
 from dassl_compat import DATASET_REGISTRY, Datum, get_logger, mkdir_if_missing, write_json
-from datasets.coop_common import CoOpFewShotDataset
-from user_errors import UserError
+from datasets import synthetic_world as world
+from datasets.coop_common import CoOpFewShotDataset, DatasetError
 
 logger = get_logger("data.synthetic")
 
-COLOURS = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (235, 205, 40),
-}
-SHAPES = ("circle", "square", "triangle")
+#: Bump when the images a generator writes change: older folders are regenerated.
+GENERATOR_VERSION = 2
+GENERATOR_FILE = "generator.json"
+
+#: SyntheticShapes' classes, in its historical label order.
+SHAPES_DEMO_CLASSES = [f"{c} {s}" for s in ("circle", "square", "triangle")
+                       for c in ("red", "green", "blue", "yellow")]
+#: kept for callers of the first version of this module
 STYLES = ("photo", "sketch", "cartoon")
-IMAGE_SIZE = 64
-#: images per class and style in each split
-PER_STYLE = {"train": 6, "val": 2, "test": 4}
-GENERATOR_SEED = 0
 
 
 def classnames():
-    return [f"{colour} {shape}" for shape in SHAPES for colour in COLOURS]
+    """SyntheticShapes' class names (label order)."""
+    return list(SHAPES_DEMO_CLASSES)
 
 
-def _shape_points(shape, cx, cy, r, angle):
-    if shape == "circle":
-        return None
-    n = {"square": 4, "triangle": 3}[shape]
-    return [
-        (cx + r * math.cos(angle + 2 * math.pi * k / n), cy + r * math.sin(angle + 2 * math.pi * k / n))
-        for k in range(n)
-    ]
+def _image_name(style, classname, split, k):
+    return f"{style}/{classname.replace(' ', '_')}/{split}_{k:03d}.png"
 
 
-def render(colour, shape, style, rng):
-    """One image of ``colour shape`` in ``style`` (deterministic given ``rng``)."""
-    s = IMAGE_SIZE
-    rgb = np.array(COLOURS[colour], dtype=np.float64)
-    jitter = rng.uniform(-25, 25, size=3)
-    fill = tuple(int(v) for v in np.clip(rgb + jitter, 0, 255))
-    if style == "photo":
-        base = rng.uniform(60, 200, size=3)
-        ramp = np.linspace(-30, 30, s)[None, :, None] * rng.choice([-1, 1])
-        noise = rng.normal(0, 12, size=(s, s, 3))
-        bg = np.clip(base[None, None, :] + ramp + noise, 0, 255).astype(np.uint8)
-        img = Image.fromarray(bg, "RGB")
-    elif style == "sketch":
-        img = Image.new("RGB", (s, s), tuple(int(v) for v in rng.uniform(235, 255, size=3)))
-    else:  # cartoon: flat pastel background
-        img = Image.new("RGB", (s, s), tuple(int(v) for v in rng.uniform(170, 240, size=3)))
-    draw = ImageDraw.Draw(img)
-    r = rng.uniform(0.22, 0.36) * s
-    cx, cy = rng.uniform(r + 2, s - r - 2, size=2)
-    points = _shape_points(shape, cx, cy, r, rng.uniform(0, 2 * math.pi))
-    box = [cx - r, cy - r, cx + r, cy + r]
-    if style == "photo":
-        kwargs = dict(fill=fill)
-    elif style == "sketch":
-        kwargs = dict(fill=None, outline=fill, width=int(rng.integers(2, 4)))
-    else:
-        kwargs = dict(fill=fill, outline=(20, 20, 20), width=4)
-    if points is None:
-        draw.ellipse(box, **kwargs)
-    else:
-        draw.polygon(points, **kwargs)
-    if style == "photo":
-        img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.0))))
-        arr = np.asarray(img).astype(np.float64) + rng.normal(0, 6, size=(s, s, 3))
-        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
-    return img
+def generate(dataset_dir: str, split_path: str, class_names: Sequence[str], styles: Sequence[str],
+             per_style: Dict[str, int], seed: int, batch: int = 512) -> None:
+    """Write every image and the split file of a synthetic dataset (deterministic per seed).
 
-
-def generate(dataset_dir, split_path, seed=GENERATOR_SEED):
-    """Write every image and the split file (deterministic per seed)."""
-    rng = np.random.default_rng(seed)
+    Objects get a random texture per image (a nuisance); pattern classes fix it.
+    The split file is written last (atomically), so an interrupted generation
+    is redone on the next use.
+    """
+    gen = torch.Generator().manual_seed(seed)
     image_dir = osp.join(dataset_dir, "images")
+    jobs = []  # (relative path, label, class name, scene)
     splits = {"train": [], "val": [], "test": []}
-    for label, name in enumerate(classnames()):
-        colour, shape = name.split(" ")
-        for style in STYLES:
-            folder = osp.join(image_dir, style, name.replace(" ", "_"))
-            mkdir_if_missing(folder)
-            for split, count in PER_STYLE.items():
-                for k in range(count):
-                    rel = f"{style}/{name.replace(' ', '_')}/{split}_{k:03d}.png"
-                    render(colour, shape, style, rng).save(osp.join(image_dir, rel))
+    for split in ("train", "val", "test"):
+        for label, name in enumerate(class_names):
+            for style in styles:
+                for k in range(per_style[split]):
+                    texture = world.TEXTURES[int(torch.randint(len(world.TEXTURES), (1,), generator=gen))]
+                    rel = _image_name(style, name, split, k)
+                    jobs.append((rel, world.scene_of_class(name, style, texture)))
                     splits[split].append([rel, label, name])
-    write_json(splits, split_path)
+    for folder in sorted({osp.dirname(rel) for rel, _ in jobs}):
+        mkdir_if_missing(osp.join(image_dir, folder))
+    for start in range(0, len(jobs), batch):
+        chunk = jobs[start:start + batch]
+        images = world.render_scenes([scene for _, scene in chunk], gen)
+        for (rel, _), img in zip(chunk, images):
+            Image.fromarray(img.permute(1, 2, 0).numpy(), "RGB").save(osp.join(image_dir, rel))
+    tmp = split_path + ".tmp"
+    write_json(splits, tmp)
+    os.replace(tmp, split_path)
 
 
-@DATASET_REGISTRY.register()
-class SyntheticShapes(CoOpFewShotDataset):
-    """Coloured shapes in three styles, generated on first use (see module docstring)."""
+class SyntheticDataset(CoOpFewShotDataset):
+    """A CoOp-style dataset whose folder is generated on first use.
 
-    dataset_dir = "synthetic_shapes"
+    Subclasses set ``dataset_dir``, ``split_file``, :meth:`class_names`,
+    ``styles`` (generated), ``default_train_styles`` / ``default_test_styles``
+    (used when SOURCE_DOMAINS / TARGET_DOMAINS are empty; ``None`` = all),
+    ``per_style`` (images per class, style and split) and ``generator_seed``.
+    Datasets sharing a folder must share all of these except the defaults.
+    """
+
     image_dir_name = "images"
-    split_file = "split_zhou_SyntheticShapes.json"
-    domains = list(STYLES)
+    styles: Sequence[str] = world.STYLES
+    default_train_styles: Optional[Sequence[str]] = None
+    default_test_styles: Optional[Sequence[str]] = None
+    per_style = {"train": 16, "val": 4, "test": 10}
+    generator_seed = 0
+
+    @classmethod
+    def class_names(cls) -> List[str]:  # pragma: no cover - every subclass overrides it
+        raise NotImplementedError
+
+    @property
+    def domains(self):
+        return list(self.styles)
 
     def __init__(self, cfg):
-        self._source = list(cfg.DATASET.SOURCE_DOMAINS)
-        self._target = list(cfg.DATASET.TARGET_DOMAINS)
-        for domain in self._source + self._target:
-            if domain not in STYLES:
-                raise UserError(
-                    f"unknown SyntheticShapes domain {domain!r}: use some of {', '.join(STYLES)}"
+        name = type(self).__name__
+        source = list(cfg.DATASET.SOURCE_DOMAINS)
+        target = list(cfg.DATASET.TARGET_DOMAINS)
+        for domain in source + target:
+            if domain not in self.styles:
+                raise DatasetError(
+                    f"unknown {name} domain {domain!r} in DATASET.SOURCE_DOMAINS / TARGET_DOMAINS: "
+                    f"use some of {', '.join(self.styles)}"
                 )
+        self._train_styles = source or list(self.default_train_styles or self.styles)
+        self._test_styles = target or list(self.default_test_styles or self.styles)
         super().__init__(cfg)
 
-    def check_files(self, cfg):
-        if osp.exists(self.split_path):
-            return
-        if osp.exists(self.dataset_dir) and not osp.isdir(self.dataset_dir):
-            raise UserError(f"{self.dataset_dir} is a file: DATASET.ROOT must be a folder")
-        logger.info("Generating the SyntheticShapes dataset under %s", self.dataset_dir)
-        generate(self.dataset_dir, self.split_path)
+    # -- generation ----------------------------------------------------------
+    def _generator_info(self):
+        return {"version": GENERATOR_VERSION, "seed": self.generator_seed, "classes": self.class_names(),
+                "styles": list(self.styles), "per_style": dict(self.per_style)}
 
+    def check_files(self, cfg):
+        info_path = osp.join(self.dataset_dir, GENERATOR_FILE)
+        if osp.exists(self.dataset_dir) and not osp.isdir(self.dataset_dir):
+            raise DatasetError(f"{self.dataset_dir} is a file: DATASET.ROOT must be a folder")
+        info = self._generator_info()
+        if osp.exists(self.split_path):
+            try:
+                with open(info_path) as f:
+                    if json.load(f) == info:
+                        return
+            except (OSError, ValueError):
+                pass
+            logger.warning("%s under %s was made by another generator version: regenerating it",
+                           type(self).__name__, self.dataset_dir)
+            for cache in glob.glob(osp.join(self.dataset_dir, "split_fewshot*", "shot_*-seed_*.pkl")):
+                os.remove(cache)  # they list images of the old generation
+        logger.info("Generating the %s dataset under %s", type(self).__name__, self.dataset_dir)
+        mkdir_if_missing(self.dataset_dir)
+        generate(self.dataset_dir, self.split_path, self.class_names(), self.styles, self.per_style,
+                 self.generator_seed)
+        with open(info_path, "w") as f:
+            json.dump(info, f, indent=1)
+
+    # -- styles as domains ----------------------------------------------------
     def load_split(self):
         train, val, test = super().load_split()
-        if self._source:
+        if sorted(self._train_styles) != sorted(self.styles):
             # few-shot samples of a style subset get their own cache folder
             self.split_fewshot_dir = osp.join(
-                self.dataset_dir, "split_fewshot_" + "-".join(sorted(self._source)))
+                self.dataset_dir, "split_fewshot_" + "-".join(sorted(self._train_styles)))
             mkdir_if_missing(self.split_fewshot_dir)
-        train = self._with_domains(train, self._source)
-        val = self._with_domains(val, self._source)
-        test = self._with_domains(test, self._target)
+        train = self._with_domains(train, self._train_styles)
+        val = self._with_domains(val, self._train_styles)
+        test = self._with_domains(test, self._test_styles)
         return train, val, test
 
-    @staticmethod
-    def _with_domains(items, keep):
-        """Set each Datum's domain from its style folder; keep only ``keep`` styles when given."""
+    def _with_domains(self, items, keep):
+        """Set each Datum's domain from its style folder; keep only the ``keep`` styles."""
         out = []
         for item in items:
             style = osp.basename(osp.dirname(osp.dirname(item.impath)))  # images/<style>/<class>/x
-            if keep and style not in keep:
+            if style not in keep:
                 continue
-            out.append(Datum(impath=item.impath, label=item.label, domain=STYLES.index(style),
+            out.append(Datum(impath=item.impath, label=item.label, domain=self.styles.index(style),
                              classname=item.classname))
         return out
+
+
+@DATASET_REGISTRY.register()
+class SyntheticShapes(SyntheticDataset):
+    """The embedded offline default: 12 coloured shapes in three styles (see module docstring)."""
+
+    dataset_dir = "synthetic_shapes"
+    split_file = "split_zhou_SyntheticShapes.json"
+    styles = STYLES
+    #: images per class and style in each split
+    per_style = {"train": 6, "val": 2, "test": 4}
+
+    @classmethod
+    def class_names(cls):
+        return list(SHAPES_DEMO_CLASSES)
