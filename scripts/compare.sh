@@ -17,12 +17,13 @@
 #   zero-shot CLIP (nothing to train) is evaluated once per dataset on the base and on the new classes
 #   ($OUTPUT/base2new/test_{base,new}/DATASET/shots_K/ZeroshotCLIP/ZS_CFG/seedS, first seed).
 # xd / dg: scripts/<method>/xd_train.sh on the source (XD_SOURCE, default imagenet), then xd_test.sh
-#   on each target; zero-shot CLIP is evaluated on the source and each target
+#   on each target (CoOp: main.sh and eval.sh, its repository's scripts); zero-shot CLIP is evaluated on the source and each target
 #   ($OUTPUT/evaluation/ZeroshotCLIP/ZS_CFG/DATASET/seedS).  dg usually takes the targets
 #   imagenetv2,imagenet_sketch,imagenet_a,imagenet_r.
 # offline: the embedded offline default, no data and no download: base2new on synthetic_shapes with
-#   seed 1, the built-in tiny CLIP at 32x32 (MODEL.BACKBONE.NAME tiny INPUT.SIZE "(32, 32)"
-#   DATALOADER.NUM_WORKERS 0), DATA defaulting to <repo>/data and OUTPUT to <repo>/output/offline_compare.
+#   seed 1 and every method's official config, run with the built-in tiny CLIP at 32x32 and 2 shots
+#   (MODEL.BACKBONE.NAME tiny INPUT.SIZE "(32, 32)" DATALOADER.NUM_WORKERS 0 TRAINER.MAPLE.PROMPT_DEPTH 3
+#   DATASET.NUM_SHOTS 2; later opts win); DATA defaults to <repo>/data, OUTPUT to <repo>/output/offline_compare.
 #
 # The table (tools/results_tables.py) is printed at the end and saved as
 # $OUTPUT/compare/<protocol>.{txt,md,csv,json,png}.  Runs that fail are reported, the others go on;
@@ -33,12 +34,18 @@
 # Environment: DATA (the datasets folder; defaults to <repo>/data when every dataset is synthetic),
 #   OUTPUT (default <repo>/output), SHOTS (default 16, or DATASET.NUM_SHOTS from the opts),
 #   ZS_CFG (CoOp config for zero-shot CLIP, default vit_b16), XD_SOURCE (default imagenet),
+#   COOP_XD_CFG (CoOp config for xd / dg, default vit_b16_ep50: CoOp has no xd scripts, main.sh + eval.sh run),
 #   PYTHON (default python), DRY_RUN=1 (print the commands only).
-#   CFG and LOAD_EPOCH are ignored here: every method runs its own official config and last epoch.
+#   CFG and LOAD_EPOCH are ignored here: every method runs its own official config and last epoch;
+#   <TRAINER>_CFG picks another config of one method (e.g. COOP_CFG=vit_b16 MAPLE_CFG=...), for the
+#   base2new and xd_* scripts alike.
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 ALL_TRAINERS="ZeroshotCLIP,CoOp,CoCoOp,MaPLe,GOPro"
-OFFLINE_OPTS=(MODEL.BACKBONE.NAME tiny INPUT.SIZE "(32, 32)" DATALOADER.NUM_WORKERS 0)
+# the offline preset: the built-in tiny CLIP (3 layers, 32x32 input, so MaPLe's prompt depth is capped
+# at 3), 2 shots so that the official schedules (e.g. GOPro's 50 epochs) take minutes on a CPU
+OFFLINE_OPTS=(MODEL.BACKBONE.NAME tiny INPUT.SIZE "(32, 32)" DATALOADER.NUM_WORKERS 0
+    TRAINER.MAPLE.PROMPT_DEPTH 3 DATASET.NUM_SHOTS 2)
 
 (($# >= 1)) || die "usage: bash $0 {base2new|xd|dg} DATASET[,DATASET...] SEEDS [TRAINERS] [KEY VALUE ...] (or: bash $0 offline)"
 PROTOCOL=$1
@@ -88,16 +95,18 @@ for trainer in "${TRAINER_LIST[@]}"; do
     esac
 done
 
-# the synthetic datasets are generated on first use: they need no DATA
-if [[ -z "${DATA:-}" ]]; then
-    all_synthetic=1
-    for dataset in "${DATASET_LIST[@]}" "${XD_SOURCE:-}"; do
-        [[ -z "$dataset" || "$dataset" == synthetic* ]] || all_synthetic=0
-    done
-    if ((all_synthetic)); then
+# the synthetic datasets are generated on first use: they need no DATA (and DATA may not exist yet)
+all_synthetic=1
+[[ "$PROTOCOL" == base2new ]] || [[ "${XD_SOURCE:-imagenet}" == synthetic* ]] || all_synthetic=0
+for dataset in "${DATASET_LIST[@]}"; do
+    [[ "$dataset" == synthetic* ]] || all_synthetic=0
+done
+if ((all_synthetic)); then
+    if [[ -z "${DATA:-}" ]]; then
         DATA="$REPO_ROOT/data"
         echo "DATA is not set: using $DATA (the synthetic datasets are generated there)"
     fi
+    mkdir -p "$DATA"
 fi
 DATA="$(data_root)"
 OUTPUT="$(output_root)"
@@ -107,6 +116,12 @@ ZS_CFG="${ZS_CFG:-vit_b16}"
 export DATA OUTPUT SHOTS PYTHON
 [[ -n "${DRY_RUN:-}" ]] && export DRY_RUN
 unset CFG LOAD_EPOCH # every method: its own official config and last epoch
+
+method_cfg() { # TRAINER -> "CFG=<value of TRAINER_CFG>" (e.g. COOP_CFG=vit_b16), "CFG=" (the official default)
+    local var
+    var="$(printf '%s' "$1" | tr '[:lower:]' '[:upper:]')_CFG"
+    printf 'CFG=%s\n' "${!var:-}"
+}
 
 FAILED=()
 step() { # DESCRIPTION COMMAND ...: run, and remember a failure instead of stopping
@@ -145,9 +160,9 @@ if [[ "$PROTOCOL" == base2new ]]; then
                     for seed in "${SEED_LIST[@]}"; do
                         dir="$(script_dir "$trainer")"
                         step "$trainer $dataset seed $seed: train on the base classes" \
-                            bash "$dir/base2new_train.sh" "$dataset" "$seed" "${OPTS[@]}" &&
+                            env "$(method_cfg "$trainer")" bash "$dir/base2new_train.sh" "$dataset" "$seed" "${OPTS[@]}" &&
                             step "$trainer $dataset seed $seed: test on the new classes" \
-                                bash "$dir/base2new_test.sh" "$dataset" "$seed" "${OPTS[@]}" || true
+                                env "$(method_cfg "$trainer")" bash "$dir/base2new_test.sh" "$dataset" "$seed" "${OPTS[@]}" || true
                     done
                     ;;
             esac
@@ -158,26 +173,44 @@ if [[ "$PROTOCOL" == base2new ]]; then
 else
     SOURCE="${XD_SOURCE:-imagenet}"
     export XD_SOURCE="$SOURCE"
+    TARGET_LIST=()
+    for dataset in "${DATASET_LIST[@]}"; do
+        [[ "$dataset" == "$SOURCE" ]] || TARGET_LIST+=("$dataset") # the source is tested after training
+    done
     for trainer in "${TRAINER_LIST[@]}"; do
-        case "$trainer" in
-            ZeroshotCLIP | ZeroshotCLIP2)
-                for dataset in "$SOURCE" "${DATASET_LIST[@]}"; do
-                    dir="$OUTPUT/evaluation/${trainer}/${ZS_CFG}/${dataset}/seed${FIRST_SEED}"
-                    step "$trainer $dataset" zeroshot_eval "$trainer" "$dataset" "$FIRST_SEED" "$dir" "${OPTS[@]}" || true
-                done
-                ;;
-            *)
-                for seed in "${SEED_LIST[@]}"; do
-                    dir="$(script_dir "$trainer")"
-                    if step "$trainer seed $seed: train on $SOURCE" bash "$dir/xd_train.sh" "$seed" "${OPTS[@]}"; then
-                        for dataset in "${DATASET_LIST[@]}"; do
-                            step "$trainer seed $seed: evaluate on $dataset" \
-                                bash "$dir/xd_test.sh" "$dataset" "$seed" "${OPTS[@]}" || true
+        dir="$(script_dir "$trainer")"
+        for seed in "${SEED_LIST[@]}"; do
+            case "$trainer" in
+                ZeroshotCLIP | ZeroshotCLIP2)
+                    [[ "$seed" == "$FIRST_SEED" ]] || continue
+                    for dataset in "$SOURCE" "${TARGET_LIST[@]}"; do
+                        step "$trainer $dataset" zeroshot_eval "$trainer" "$dataset" "$seed" \
+                            "$OUTPUT/evaluation/${trainer}/${ZS_CFG}/${dataset}/seed${seed}" "${OPTS[@]}" || true
+                    done
+                    ;;
+                CoOp)
+                    # CoOp has no xd_*.sh (as in its repository): main.sh trains, eval.sh evaluates
+                    # (COOP_XD_CFG, default vit_b16_ep50; 16 context tokens, class token at the end, no CSC)
+                    coop_cfg="${COOP_XD_CFG:-vit_b16_ep50}"
+                    if step "CoOp seed $seed: train on $SOURCE" env SEEDS="$seed" \
+                        bash "$dir/main.sh" "$SOURCE" "$coop_cfg" end 16 "$SHOTS" False "${OPTS[@]}"; then
+                        for dataset in "${TARGET_LIST[@]}"; do
+                            step "CoOp seed $seed: evaluate on $dataset" env SEEDS="$seed" \
+                                bash "$dir/eval.sh" "$dataset" "$coop_cfg" "${OPTS[@]}" || true
                         done
                     fi
-                done
-                ;;
-        esac
+                    ;;
+                *)
+                    if step "$trainer seed $seed: train on $SOURCE" \
+                        env "$(method_cfg "$trainer")" bash "$dir/xd_train.sh" "$seed" "${OPTS[@]}"; then
+                        for dataset in "${TARGET_LIST[@]}"; do
+                            step "$trainer seed $seed: evaluate on $dataset" \
+                                env "$(method_cfg "$trainer")" bash "$dir/xd_test.sh" "$dataset" "$seed" "${OPTS[@]}" || true
+                        done
+                    fi
+                    ;;
+            esac
+        done
     done
     ROOTS=("$OUTPUT/$SOURCE" "$OUTPUT/evaluation")
     TABLE_ARGS=(--source "$SOURCE" --datasets "$DATASETS")

@@ -11,7 +11,8 @@
   means (the convention of the CoCoOp / MaPLe / GOPro tables).
 * **xd** (cross-dataset) and **dg** (domain generalisation): per method the source
   dataset, each target and the average over the targets.  ``dg`` defaults to ImageNet's four
-  variants as targets, ``xd`` to every other evaluated dataset.
+  variants (or SyntheticObjects' style variants) as targets, ``xd`` to every other evaluated
+  dataset; ``--datasets`` names the targets explicitly.
 
 Runs are found by walking the roots and read with :mod:`tools.runs` (results.json, else the
 newest log); they are grouped by what each run says it is (trainer, config, dataset,
@@ -38,8 +39,14 @@ from tools.runs import Run, canonical_dataset, collect
 
 #: display order of the trainers (others follow alphabetically)
 METHOD_ORDER = ("ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "MaPLe", "GOPro")
+#: the synthetic benchmark (datasets/synthetic_benchmarks.py): SyntheticObjects is the base-to-new
+#: dataset and the source; SyntheticPatterns a cross-dataset target; the style variants are its DG targets
+SYNTHETIC_DATASETS = ("SyntheticObjects", "SyntheticPatterns", "SyntheticShapes")
+SYNTHETIC_DG_TARGETS = ("SyntheticObjectsSketch", "SyntheticObjectsCartoon", "SyntheticObjectsPainting")
+#: datasets that are domain-generalisation targets (left out of the cross-dataset table by default)
+DG_DATASETS = DG_TARGETS + SYNTHETIC_DG_TARGETS
 #: display order of the datasets (others follow alphabetically)
-DATASET_ORDER = B2N_DATASETS + DG_TARGETS
+DATASET_ORDER = B2N_DATASETS + DG_TARGETS + SYNTHETIC_DATASETS + SYNTHETIC_DG_TARGETS
 MARK = "†"
 PROTOCOLS = ("base2new", "xd", "dg")
 
@@ -130,6 +137,30 @@ def method_key(info: Dict) -> MethodKey:
     trainer = info.get("trainer") or "?"
     shots = None if is_zero_shot(trainer) else info.get("shots")
     return (trainer, info.get("config") or "", shots, str(info.get("backbone") or ""))
+
+
+def assign_method_keys(runs: List[Run]) -> Dict[int, MethodKey]:
+    """``id(run)`` -> its method key.
+
+    A run known only from its folder path (an empty or crashed seed folder) lacks some fields
+    (e.g. the backbone); it joins the one fully described method it is compatible with, so that
+    it is reported as that method's missing seed instead of a separate phantom method.
+    """
+    full = {method_key(r.info) for r in runs if _fully_described(r.info)}
+    keys = {}
+    for run in runs:
+        key = method_key(run.info)
+        if not _fully_described(run.info):
+            matches = [k for k in full if k[0] == key[0] and all(
+                mine in (None, "") or mine == theirs for mine, theirs in zip(key[1:], k[1:]))]
+            if len(matches) == 1:
+                key = matches[0]
+        keys[id(run)] = key
+    return keys
+
+
+def _fully_described(info: Dict) -> bool:
+    return all(info.get(k) not in (None, "") for k in ("trainer", "backbone")) and "shots" in info
 
 
 def method_labels(keys: Iterable[MethodKey]) -> Dict[MethodKey, str]:
@@ -246,9 +277,10 @@ def base2new_table(runs: List[Run], *, datasets: Optional[Sequence[str]] = None,
     if wanted is not None:
         runs = [r for r in runs if column_of(r.info) in wanted]
     expected = _expected_seeds(seeds, runs)
+    run_keys = assign_method_keys(runs)
     groups: Dict[Tuple[MethodKey, str, str], List[Run]] = {}
     for run in runs:
-        groups.setdefault((method_key(run.info), column_of(run.info), run.info["subsample"]), []).append(run)
+        groups.setdefault((run_keys[id(run)], column_of(run.info), run.info["subsample"]), []).append(run)
     keys = sorted({g[0] for g in groups} | {(t, "", None, "") for t in (trainers or ())
                                              if not any(g[0][0] == t for g in groups)}, key=_method_sort)
     labels = method_labels(keys)
@@ -300,15 +332,16 @@ def transfer_table(runs: List[Run], protocol: str = "xd", *, source: Optional[st
     if targets is not None:
         target_cols = [canonical_dataset(t) for t in targets if canonical_dataset(t) != source]
     elif protocol == "dg":
-        target_cols = [c for c in present if c.split("[")[0] in DG_TARGETS] or [c for c in present if c != source]
+        target_cols = [c for c in present if c.split("[")[0] in DG_DATASETS] or [c for c in present if c != source]
     else:
-        target_cols = [c for c in present if c != source and c.split("[")[0] not in DG_TARGETS]
+        target_cols = [c for c in present if c != source and c.split("[")[0] not in DG_DATASETS]
     columns = ([source] if source else []) + target_cols
     runs = [r for r in runs if column_of(r.info) in columns]
     expected = _expected_seeds(seeds, runs)
+    run_keys = assign_method_keys(runs)
     groups: Dict[Tuple[MethodKey, str], List[Run]] = {}
     for run in runs:
-        groups.setdefault((method_key(run.info), column_of(run.info)), []).append(run)
+        groups.setdefault((run_keys[id(run)], column_of(run.info)), []).append(run)
     keys = sorted({g[0] for g in groups} | {(t, "", None, "") for t in (trainers or ())
                                              if not any(g[0][0] == t for g in groups)}, key=_method_sort)
     labels = method_labels(keys)
@@ -333,9 +366,10 @@ def transfer_table(runs: List[Run], protocol: str = "xd", *, source: Optional[st
 
 
 def _guess_source(runs: List[Run], present: List[str]) -> str:
-    """ImageNet if evaluated, else the dataset most training runs were made on."""
-    if "ImageNet" in present:
-        return "ImageNet"
+    """ImageNet (or SyntheticObjects) if evaluated, else the dataset most training runs were made on."""
+    for name in ("ImageNet", "SyntheticObjects"):
+        if name in present:
+            return name
     counts: Dict[str, int] = {}
     for run in runs:
         if not run.info.get("eval_only") and not is_zero_shot(run.info.get("trainer", "")):
