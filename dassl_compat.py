@@ -17,9 +17,11 @@ Real Dassl 0.6.3 breaks on current PyTorch in two places
 constructed, and checkpoints that pickle a warmup scheduler cannot be read by
 ``torch.load`` with ``weights_only=True``.  Under the real backend this module
 replaces exactly those two things (``build_lr_scheduler`` when a warmup is
-configured, and the checkpoint readers) and nothing else.  Importing real
-Dassl also disables ``logging`` warnings process-wide; :func:`get_logger`
-re-enables them for our loggers.
+configured, and the checkpoint readers), plus one deliberate fix: checkpoints
+are written atomically (``save_checkpoint``: temp file, then rename; real
+Dassl writes to the final path, so a kill mid-write leaves a truncated file).
+Nothing else is replaced.  Importing real Dassl also disables ``logging``
+warnings process-wide; :func:`get_logger` re-enables them for our loggers.
 """
 from __future__ import annotations
 
@@ -85,11 +87,12 @@ if BACKEND == "dassl":  # pragma: no cover - verified on machines that have Dass
     from dassl.evaluation import build_evaluator, EVALUATOR_REGISTRY, Classification
     from dassl.utils import (
         setup_logger, set_random_seed, collect_env_info, load_pretrained_weights,
-        save_checkpoint, read_json, write_json, mkdir_if_missing, listdir_nohidden,
+        read_json, write_json, mkdir_if_missing, listdir_nohidden,
         check_isfile, read_image, MetricMeter, AverageMeter, Registry, check_availability,
         count_num_param, tolist_if_not,
     )
     from dassl.utils import load_checkpoint as _real_load_checkpoint
+    from dassl.utils import save_checkpoint as _real_save_checkpoint
     from bundled_dassl import torch_compat as _torch_compat
 
     # §d.5 fix 1: warmup schedulers are built by our plain-data wrapper around
@@ -99,6 +102,8 @@ if BACKEND == "dassl":  # pragma: no cover - verified on machines that have Dass
     # §d.5 fix 2: checkpoints that pickle schedulers/optimizers load again.
     load_checkpoint = _torch_compat.make_load_checkpoint(_real_load_checkpoint)
     resume_from_checkpoint = _torch_compat.make_resume_from_checkpoint(load_checkpoint)
+    # Deliberate fix (§f.4): checkpoint files and the pointer are written atomically.
+    save_checkpoint = _torch_compat.make_save_checkpoint(_real_save_checkpoint)
 else:
     from bundled_dassl.config import get_cfg_default, clean_cfg
     from bundled_dassl.engine import (

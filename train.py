@@ -17,10 +17,19 @@ Differences from the official ``train.py`` (deliberate fixes):
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
+import os
 import os.path as osp
+import socket
 import sys
+import threading
+import time
+import traceback
+import uuid
 
 import torch
+import yaml
 
 import dassl_compat
 from dassl_compat import (
@@ -31,6 +40,7 @@ from user_errors import UserError, did_you_mean
 
 import datasets  # noqa: F401  (registers the datasets)
 import trainers  # noqa: F401  (registers the trainers)
+from trainers import distributed
 from trainers.config import default_cfg
 
 REPO_ROOT = osp.dirname(osp.abspath(__file__))
@@ -42,7 +52,7 @@ OFFLINE_ROOT = osp.join(REPO_ROOT, "data")
 OFFLINE_OPTS = (
     "DATASET.NAME", OFFLINE_DATASET,
     "DATASET.NUM_SHOTS", 16,
-    "MODEL.BACKBONE.NAME", "tiny",
+    "MODEL.BACKBONE.NAME", "tiny-synthetic",
     "INPUT.SIZE", (32, 32),
     "INPUT.INTERPOLATION", "bicubic",
     "INPUT.TRANSFORMS", ["random_resized_crop", "random_flip", "normalize"],
@@ -84,10 +94,13 @@ def _merge_file(cfg, path, what):
     try:
         cfg.merge_from_file(path)
     except KeyError as exc:
-        raise UserError(f"{path}: unknown config key {exc.args[0]!s}: check its spelling against "
-                        "the defaults (python train.py --trainer X --no-train prints them)") from None
+        raise UserError(_unknown_key_message(path, exc, cfg)) from None
     except ValueError as exc:
-        raise UserError(f"{path}: {exc}") from None
+        raise UserError(f"{path}: {_type_message(exc)}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise UserError(f"{path} is not valid YAML{line}: fix its syntax (nested KEY: VALUE lines)") from None
 
 
 def _merge_opts(cfg, opts, source):
@@ -100,10 +113,45 @@ def _merge_opts(cfg, opts, source):
         )
     try:
         cfg.merge_from_list(list(opts))
-    except KeyError as exc:
-        raise UserError(f"{source}: unknown config key {exc.args[0]!s}: check its spelling") from None
-    except (ValueError, AssertionError) as exc:
-        raise UserError(f"{source}: {exc} (e.g. write 1.0 for a float key, 5 for an int key)") from None
+    except (KeyError, AssertionError) as exc:
+        if "Non-existent" in str(exc):  # yacs: KeyError from files, AssertionError from opts
+            raise UserError(_unknown_key_message(source, exc, cfg)) from None
+        raise UserError(f"{source}: {_type_message(exc)}") from None
+    except ValueError as exc:
+        raise UserError(f"{source}: {_type_message(exc)}") from None
+
+
+def _flat_keys(node, prefix=""):
+    keys = []
+    for key, value in node.items():
+        if isinstance(value, dict):
+            keys += _flat_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(prefix + key)
+    return keys
+
+
+def _unknown_key_message(source, exc, cfg):
+    """``SOURCE: unknown config key K (did you mean ...?)`` from yacs' "Non-existent ... key: K"."""
+    text = str(exc.args[0] if exc.args else exc)
+    key = text.rsplit(":", 1)[-1].strip() if ":" in text else text
+    return (f"{source}: unknown config key {key}{did_you_mean(key, _flat_keys(cfg))}: check its spelling "
+            "against the defaults (python train.py --trainer X --no-train prints the config)")
+
+
+def _type_message(exc):
+    """yacs' type mismatch in words: ``KEY must be a float (default 0.002), got 'abc' (str)``."""
+    import re
+
+    text = str(exc)
+    match = re.search(r"Type mismatch \(<class '(\w+)'> vs\. <class '(\w+)'>\) with values "
+                      r"\((.*) vs\. (.*)\) for config key: (\S+)", text)
+    if not match:
+        return f"{text} (e.g. write 1.0 for a float key, 5 for an int key)"
+    want, got, default, value, key = match.groups()
+    article = "an" if want[:1] in "aeiou" else "a"
+    return (f"{key} must be {article} {want} (it was {default}), got {value!r} ({got}): "
+            "e.g. write 1.0 for a float key, 5 for an int key, True/False for a bool key")
 
 
 def reset_cfg(cfg, args):
@@ -190,13 +238,38 @@ def print_args(args, cfg):
 
 
 def main(argv=None):
-    """Run like the command line; returns the trainer (or the test result for eval-only)."""
+    """Run like the command line; returns the trainer (or the test result for eval-only).
+
+    Under ``torchrun`` every process runs this; it joins the process group
+    (trainers/distributed.py) and only rank 0 prints and writes ``log.txt``.
+    """
     args = get_parser().parse_args(argv)
     cfg, offline = setup_cfg(args)
+    dist_info = distributed.init_from_env(use_cuda=cfg.USE_CUDA)
+    try:
+        # one live run per output folder (only rank 0 writes into it under torchrun)
+        with _quiet_unless_main(dist_info), RunLock(cfg.OUTPUT_DIR, enabled=dist_info.rank == 0):
+            return _run(args, cfg, offline)
+    finally:
+        distributed.cleanup()
+
+
+@contextlib.contextmanager
+def _quiet_unless_main(dist_info):
+    """Ranks other than 0 print nothing (their stdout goes to /dev/null); errors still reach stderr."""
+    if dist_info.rank == 0:
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
+
+
+def _run(args, cfg, offline):
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
-    setup_logger(cfg.OUTPUT_DIR)
+    if distributed.is_main_process():
+        setup_logger(cfg.OUTPUT_DIR)
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
     print_args(args, cfg)
@@ -225,15 +298,247 @@ def main(argv=None):
         sys.stdout.flush()  # everything printed so far reaches log.txt
 
 
+#: What :func:`cli` reports as one line instead of a traceback: bad input (UserError, and the
+#: ValueError / OSError the engine raises for bad values and unreadable or unwritable files)
+#: and numerical faults (a non-finite loss, ClipTrainer._check_finite).
+REPORTED_ERRORS = (UserError, OSError, ValueError, FloatingPointError)
+
+
 def cli(argv=None):
-    """Entry point: bad input -> one line on stderr and exit code 2."""
+    """Entry point: bad input -> one line on stderr and exit code 2 (130 when interrupted).
+
+    The full traceback of an error that is not a :class:`UserError` still goes
+    to the run's log file, for bug reports.
+    """
+    stdout_before = sys.stdout
     try:
         main(argv)
-    except (UserError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+    except REPORTED_ERRORS as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if sys.stdout is not stdout_before:  # this run's setup_logger ran: its log gets the reason
+            _to_log_file(exc, f"error: {message}")
         sys.__stderr__.write(f"error: {message}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.__stderr__.write("interrupted: the last saved checkpoint is intact; run the same command "
+                             "again to resume from it\n")
+        return 130
     return 0
+
+
+def _to_log_file(exc, line):
+    """Append ``line`` (and the traceback, unless it is a UserError) to the log file only."""
+    log = getattr(sys.stdout, "file", None)  # the tee of setup_logger (bundled and real Dassl)
+    if log is None or getattr(log, "closed", True):
+        return
+    try:
+        if not isinstance(exc, UserError):
+            log.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        log.write(line + "\n")
+        log.flush()
+    except (OSError, ValueError):
+        pass
+
+
+# ----------------------------------------------------------------------------
+# one live run per output folder
+# ----------------------------------------------------------------------------
+class RunLock:
+    """``<OUTPUT_DIR>/.train.lock``: refuses a second live run writing into the same folder.
+
+    The lock file holds the pid, host, start time and a token of its run and is
+    removed when the run ends (also on an error).  A lock left by a killed run
+    is taken over: on the same host when its pid is gone (or was reused by
+    another process), from another host when its heartbeat (the file's mtime,
+    touched every ``HEARTBEAT_S`` seconds by the live run) is older than
+    ``STALE_AFTER_S``.  Creating the folder and the lock also checks that the
+    output folder is writable, before anything else is written.
+    """
+
+    FILE = ".train.lock"
+    HEARTBEAT_S = 30.0
+    STALE_AFTER_S = 300.0
+
+    def __init__(self, output_dir, enabled=True):
+        self.output_dir = output_dir or "."
+        self.path = osp.join(self.output_dir, self.FILE)
+        self.enabled = enabled
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        if self.enabled:
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.enabled:
+            self.release()
+        return False
+
+    # -- acquire / release ----------------------------------------------------
+    def acquire(self):
+        _prepare_output_dir(self.output_dir)
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            except OSError as exc:
+                raise UserError(
+                    f"cannot write into the output directory {self.output_dir} ({exc.strerror}): "
+                    "choose a writable --output-dir"
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                f.write(self._content())
+            self._start_heartbeat()
+            return
+        raise UserError(f"could not take the lock {self.path} (other runs keep taking it): "
+                        "check what else is writing into this --output-dir")
+
+    def release(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if read_lock(self.path).get("token") == self.token:
+            try:
+                os.remove(self.path)
+            except OSError:
+                pass
+
+    def _content(self):
+        info = {
+            "pid": os.getpid(), "host": socket.gethostname(), "token": self.token,
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "start_ticks": _process_start_ticks(os.getpid()) or "",
+            "command": " ".join(sys.argv),
+        }
+        return "".join(f"{key}={value}\n" for key, value in info.items())
+
+    def _take_over_if_stale(self):
+        """Remove a stale lock (its run is dead); raise UserError for a live one."""
+        holder = read_lock(self.path)
+        if not holder:  # vanished meanwhile, or half written by a run starting right now
+            if osp.exists(self.path) and time.time() - _mtime(self.path) < 5:
+                time.sleep(0.2)
+            elif osp.exists(self.path):
+                _remove_lock_file(self.path, holder)
+            return
+        alive, why = lock_holder_alive(holder, self.path)
+        if alive:
+            raise UserError(
+                f"another run is writing into {self.output_dir} (pid {holder.get('pid')} on "
+                f"{holder.get('host')}, started {holder.get('started')}; lock {self.path}): wait for it to "
+                f"finish or use another --output-dir; if that run is dead, delete {self.path}"
+            )
+        logger.warning("Taking over the stale lock %s (%s)", self.path, why)
+        _remove_lock_file(self.path, holder)
+
+    # -- heartbeat --------------------------------------------------------------
+    def _start_heartbeat(self):
+        def beat():
+            while not self._stop.wait(self.HEARTBEAT_S):
+                try:
+                    os.utime(self.path)
+                except OSError:
+                    return
+
+        self._thread = threading.Thread(target=beat, name="train-lock-heartbeat", daemon=True)
+        self._thread.start()
+
+
+def _prepare_output_dir(output_dir):
+    """Create the output folder or say in one line why it cannot be used."""
+    if osp.exists(output_dir) and not osp.isdir(output_dir):
+        raise UserError(f"the output directory {output_dir} is a file: choose another --output-dir")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"cannot create the output directory {output_dir} ({exc.strerror}): choose a writable --output-dir"
+        ) from None
+
+
+def read_lock(path):
+    """The ``key=value`` fields of a lock file ({} when it is missing or unreadable)."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    fields = dict(line.split("=", 1) for line in lines if "=" in line)
+    return fields if "pid" in fields and "token" in fields else {}
+
+
+def lock_holder_alive(holder, path):
+    """``(alive, reason)`` for the run that wrote the lock fields ``holder``."""
+    try:
+        pid = int(holder["pid"])
+    except (KeyError, ValueError):
+        return False, "no valid pid in it"
+    if holder.get("host") != socket.gethostname():
+        age = time.time() - _mtime(path)
+        if age > RunLock.STALE_AFTER_S:
+            return False, f"run on {holder.get('host')} silent for {age:.0f} s"
+        return True, ""
+    if not _pid_exists(pid):
+        return False, f"pid {pid} is gone"
+    ticks = holder.get("start_ticks")
+    now_ticks = _process_start_ticks(pid)
+    if ticks and now_ticks is not None and str(now_ticks) != ticks:
+        return False, f"pid {pid} now belongs to another process"
+    return True, ""
+
+
+def _remove_lock_file(path, holder):
+    """Remove the stale lock ``holder`` (only if the file still is that one)."""
+    aside = f"{path}.stale-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(path, aside)  # atomic: of two runs taking over, one gets the file
+    except OSError:
+        return
+    if read_lock(aside).get("token", "") != holder.get("token", ""):
+        # a new run's lock was created meanwhile: put it back (rare race)
+        try:
+            os.rename(aside, path)
+        except OSError:
+            pass
+        return
+    try:
+        os.remove(aside)
+    except OSError:
+        pass
+
+
+def _mtime(path):
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _pid_exists(pid):
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by another user
+    return True
+
+
+def _process_start_ticks(pid):
+    """Start time of ``pid`` in clock ticks since boot (Linux /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 if __name__ == "__main__":

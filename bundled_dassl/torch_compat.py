@@ -1,13 +1,17 @@
 """Patches for the *real* Dassl 0.6.3 on current PyTorch (``dassl-behaviour.md`` §d.5).
 
 ``dassl_compat`` applies these only when the real Dassl backend is selected.
-They are the only two places where the real backend is patched:
+They are the only places where the real backend is patched:
 
 1. LR scheduling with warmup: real Dassl's warmup wrappers cannot be built on
    torch >= 2.2 (positional ``verbose``) and pickle their successor.  We let
    real Dassl build the successor and wrap it in our plain-data warmup wrapper.
 2. Checkpoint reading: warmup checkpoints written by real Dassl pickle Python
    objects and fail with ``weights_only=True``; our loader falls back.
+3. Checkpoint writing (a deliberate fix, §f.4): real Dassl writes checkpoints
+   and the ``checkpoint`` pointer directly to their final paths, so a run
+   killed mid-write leaves a truncated file; ours writes a temp file and
+   renames it, with the same files and printed lines.
 """
 from __future__ import annotations
 
@@ -16,8 +20,11 @@ from typing import Callable
 from .optim import wrap_with_warmup
 from .utils import load_checkpoint as _load_checkpoint_with_fallback
 from .utils import resume_with_loader
+from .utils import save_checkpoint as _atomic_save_checkpoint
 
-__all__ = ["make_build_lr_scheduler", "make_load_checkpoint", "make_resume_from_checkpoint"]
+__all__ = [
+    "make_build_lr_scheduler", "make_load_checkpoint", "make_resume_from_checkpoint", "make_save_checkpoint",
+]
 
 
 def make_build_lr_scheduler(real_build_lr_scheduler: Callable) -> Callable:
@@ -60,3 +67,15 @@ def make_resume_from_checkpoint(load_checkpoint: Callable) -> Callable:
         return resume_with_loader(fdir, model, optimizer, scheduler, load_checkpoint)
 
     return resume_from_checkpoint
+
+
+def make_save_checkpoint(real_save_checkpoint: Callable) -> Callable:
+    """Return ``save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True,
+    model_name="")`` that writes every file atomically (temp file, then rename).
+
+    Same files, pointer and printed lines as the real one (§f.4); only a crash
+    mid-write differs: it leaves the previous files intact instead of a
+    truncated one.  ``real_save_checkpoint`` is accepted for symmetry and not used.
+    """
+    del real_save_checkpoint
+    return _atomic_save_checkpoint

@@ -61,6 +61,7 @@ __all__ = [
     "sample_fewshot",
     "load_fewshot_cache",
     "check_cached_images",
+    "check_class_coverage",
 ]
 
 _LOG = get_logger("datasets")
@@ -90,8 +91,17 @@ class DatasetError(UserError, ValueError):
 
 
 def dataset_root(cfg) -> str:
-    """``DATASET.ROOT`` made absolute with ``~`` expanded, as every CoOp dataset does (§h.1)."""
-    return osp.abspath(osp.expanduser(cfg.DATASET.ROOT))
+    """``DATASET.ROOT`` made absolute with ``~`` expanded, as every CoOp dataset does (§h.1).
+
+    A root that is a file is a clear :class:`DatasetError` (not a NotADirectoryError
+    about some path below it).
+    """
+    root = osp.abspath(osp.expanduser(cfg.DATASET.ROOT))
+    if osp.exists(root) and not osp.isdir(root):
+        raise DatasetError(
+            f"DATASET.ROOT {root} is a file, not a folder: pass --root the folder that holds the datasets"
+        )
+    return root
 
 
 def short_list(items) -> str:
@@ -293,6 +303,30 @@ def read_and_split_data(image_dir, p_trn=0.5, p_val=0.2, ignored=(), new_cnames=
     return train, val, test
 
 
+def check_class_coverage(train, val, test, source) -> None:
+    """Every class must have training images, and the labels must be 0..n-1.
+
+    Deliberate fix: Dassl takes the class count and names from the training
+    split only, so a class without training images silently shifts the class
+    names against the labels (or breaks evaluation).
+    """
+    names = OrderedDict()
+    for item in list(train) + list(val) + list(test):
+        names.setdefault(item.label, item.classname)
+    train_labels = {item.label for item in train}
+    empty = [f"{names[label]!r} (label {label})" for label in sorted(names) if label not in train_labels]
+    if empty:
+        raise DatasetError(
+            f"{source}: class(es) {short_list(empty)} have no training image: add images for them "
+            f"or remove them from the split ({DATASETS_DOC})"
+        )
+    if train_labels and sorted(train_labels) != list(range(len(train_labels))):
+        raise DatasetError(
+            f"{source}: labels must be 0..{len(train_labels) - 1}, got {short_list(map(str, sorted(train_labels)))}: "
+            "renumber the classes without gaps"
+        )
+
+
 # ---------------------------------------------------------------------------
 # Base / new classes (§h.5)
 # ---------------------------------------------------------------------------
@@ -328,6 +362,11 @@ def subsample_classes(*args, subsample="all"):
     m = math.ceil(len(labels) / 2)
     print(f"SUBSAMPLE {subsample.upper()} CLASSES!")
     selected = labels[:m] if subsample == "base" else labels[m:]
+    if not selected:  # deliberate fix: Dassl goes on with empty splits and fails far away
+        raise DatasetError(
+            f"DATASET.SUBSAMPLE_CLASSES {subsample} leaves no class: the training split has "
+            f"{len(labels)} class(es); use SUBSAMPLE_CLASSES all (base / new need at least 2 classes)"
+        )
     relabeler = {old: new for new, old in enumerate(selected)}
 
     output = []
@@ -466,6 +505,7 @@ class CoOpFewShotDataset(DatasetBase):
         make_fewshot_dir(self.dataset_dir)
 
         train, val, test = self.load_split()
+        check_class_coverage(train, val, test, self.split_path or self.dataset_dir)
 
         num_shots = cfg.DATASET.NUM_SHOTS
         if num_shots >= 1:
@@ -475,6 +515,8 @@ class CoOpFewShotDataset(DatasetBase):
                 print(f"Loading preprocessed few-shot data from {path}")
                 data = load_fewshot_cache(path, ("train", "val"))
                 train, val = data["train"], data["val"]
+                # the sampling warned about short classes on the first run only: say it every run
+                _warn_short_classes(type(self).__name__, train, num_shots, "train")
             else:
                 train = sample_fewshot(self, train, num_shots, "train")
                 val = sample_fewshot(self, val, min(num_shots, 4), "val")

@@ -6,10 +6,14 @@
 #   * Extra arguments after a script's positional ones are yacs KEY VALUE opts handed to train.py
 #     after the script's own opts, so they win (e.g. MODEL.BACKBONE.NAME tiny OPTIM.MAX_EPOCH 1).
 #   * A finished run is skipped with a message; an unfinished one is run again in the same folder,
-#     where train.py resumes from the last checkpoint (its old log is kept as log.txt-unfinished-<time>,
-#     so that log.txt, which parse_test_res.py reads, is the log of the complete run).
-#     Training is finished when log.txt has "Finish training" and the final "Elapsed:" line;
-#     an evaluation when log.txt has a "* accuracy:" line.
+#     where train.py resumes from the last complete checkpoint (its old log is kept as
+#     log.txt-unfinished-<time>, so that log.txt, which parse_test_res.py reads, is the log of the
+#     complete run). Training is finished when log.txt has "Finish training" and the final "Elapsed:"
+#     line; an evaluation when log.txt has a "* accuracy:" line.
+#   * A folder another run is writing into right now (its train.py holds DIR/.train.lock) is refused
+#     with a message before anything in it is touched; train.py itself refuses it too. A lock left by
+#     a killed run (dead pid on this host, or no heartbeat for 5 minutes from another host) is stale
+#     and taken over (see RunLock in train.py).
 #   * Evaluations load the checkpoint of epoch LOAD_EPOCH (env) if set, else the OPTIM.MAX_EPOCH given
 #     in the extra opts, else the MAX_EPOCH of the trainer config file: the last epoch of a training
 #     run made with the same config and opts.
@@ -129,6 +133,31 @@ log_has() {
 train_finished() { log_has "$1" '^Finish training' && log_has "$1" '^Elapsed: '; }
 eval_finished() { log_has "$1" '^\* accuracy: '; }
 
+# check_not_running DIR: die when a live run holds DIR/.train.lock (the rules of train.py's RunLock).
+check_not_running() {
+    local dir=$1 lock="$1/.train.lock"
+    [[ -f "$lock" ]] || return 0
+    local pid host started ticks
+    pid="$(sed -n 's/^pid=//p' "$lock" | head -n 1)"
+    host="$(sed -n 's/^host=//p' "$lock" | head -n 1)"
+    started="$(sed -n 's/^started=//p' "$lock" | head -n 1)"
+    ticks="$(sed -n 's/^start_ticks=//p' "$lock" | head -n 1)"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 0  # unreadable lock: train.py decides
+    if [[ "$host" == "$HOSTNAME" ]]; then
+        kill -0 "$pid" 2>/dev/null || [[ -d "/proc/$pid" ]] || return 0  # its run is gone
+        if [[ -n "$ticks" && -r "/proc/$pid/stat" ]]; then
+            local now
+            now="$(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $20}')"
+            [[ "$now" == "$ticks" ]] || return 0  # the pid now belongs to another process
+        fi
+    else
+        local age
+        age=$(($(date +%s) - $(date -r "$lock" +%s)))
+        ((age <= 300)) || return 0  # no heartbeat for 5 minutes
+    fi
+    die "another run is writing into ${dir} (pid ${pid} on ${host}, started ${started}; lock ${lock}): wait for it to finish; if that run is dead, delete ${lock}"
+}
+
 # set_aside_log DIR: keep the log of an unfinished attempt as log.txt-unfinished-<time>.
 set_aside_log() {
     local dir=$1
@@ -167,6 +196,7 @@ train_job() {
         echo "Oops! The results exist at ${dir} (so skip this job)"
         return 0
     fi
+    check_not_running "$dir"
     if [[ -d "$dir" ]]; then
         echo "Resuming the unfinished run in ${dir}"
         set_aside_log "$dir"
@@ -190,6 +220,7 @@ eval_job() {
         echo "Oops! The results exist at ${dir} (so skip this job)"
         return 0
     fi
+    check_not_running "$dir"
     if [[ -d "$dir" ]]; then
         echo "Re-running the unfinished evaluation in ${dir}"
         set_aside_log "$dir"

@@ -98,7 +98,7 @@ def test_offline_default_settings_and_overrides():
     args = train.get_parser().parse_args(["--trainer", "CoOp", "OPTIM.MAX_EPOCH", "2"])
     cfg, offline = train.setup_cfg(args)
     assert offline
-    assert cfg.DATASET.NAME == "SyntheticShapes" and cfg.MODEL.BACKBONE.NAME == "tiny"
+    assert cfg.DATASET.NAME == "SyntheticShapes" and cfg.MODEL.BACKBONE.NAME == "tiny-synthetic"
     assert cfg.OPTIM.MAX_EPOCH == 2  # explicit opts win over the offline schedule
     assert cfg.OUTPUT_DIR.startswith("output")
     args = train.get_parser().parse_args(["--trainer", "CoOp", "--dataset-config-file",

@@ -21,15 +21,21 @@ by the official code, so a model trained on base classes evaluates on new ones.
 """
 from __future__ import annotations
 
+import math
+import os
 import os.path as osp
+import random
+import re
 from typing import Dict
 
+import numpy as np
 import torch
 
 from dassl_compat import (
     TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy, get_logger,
-    load_checkpoint, load_pretrained_weights,
+    load_checkpoint, load_pretrained_weights, save_checkpoint,
 )
+from trainers import distributed
 from trainers.clip_helpers import PRECISIONS, Precision, load_clip
 from user_errors import UserError
 
@@ -81,6 +87,7 @@ class ClipTrainer(TrainerX):
     def build_model(self):
         cfg = self.cfg
         classnames = self.dm.dataset.classnames
+        self.device = distributed.local_device(self.device)  # cuda:LOCAL_RANK under torchrun
         clip_model, self.precision = self.load_backbone(cfg, self.device)
         check_input_size(cfg, clip_model)
         print(f"Building custom CLIP ({type(self).__name__})")
@@ -100,6 +107,32 @@ class ClipTrainer(TrainerX):
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model(self.MODEL_NAME, learnable, self.optim, self.sched)
         self.scaler = self.precision.grad_scaler()
+        self._setup_parallel()
+
+    def _setup_parallel(self):
+        """DistributedDataParallel under torchrun (trainers/distributed.py), else one device.
+
+        Replaces the official trainers' ``nn.DataParallel``: the registered
+        (checkpointed) module stays the plain learnable module.
+        """
+        self._train_forward = self.model.forward_train
+        if not distributed.is_distributed():
+            n_gpus = torch.cuda.device_count() if self.device.type == "cuda" else 0
+            if n_gpus > 1:
+                logger.info(
+                    "%d GPUs are visible but this run uses one: launch with `torchrun --nproc_per_node=%d "
+                    "train.py ...` to train on all of them (DistributedDataParallel)", n_gpus, n_gpus,
+                )
+            return
+        self._train_forward = distributed.wrap_ddp(self.model, self.device)
+        world = distributed.get_world_size()
+        if world > 1:
+            self.train_loader_x = distributed.shard_train_loader(self.train_loader_x, seed=self.cfg.SEED)
+        logger.info(
+            "DistributedDataParallel over %d process(es): %d training images per process and step "
+            "(%d per optimiser step)", world, self.train_loader_x.batch_size,
+            world * self.train_loader_x.batch_size,
+        )
 
     # ---------------------------------------------------------------- training
     def loss_weights(self) -> Dict[str, float]:
@@ -116,10 +149,15 @@ class ClipTrainer(TrainerX):
         labels = batch["label"].to(self.device, non_blocking=True)
         return images, labels
 
+    def run_epoch(self):
+        distributed.set_epoch(self.train_loader_x, self.epoch)  # reshuffle the DDP shards
+        return super().run_epoch()
+
     def forward_backward(self, batch):
         inputs, labels = self.parse_batch_train(batch)
         with self.precision.autocast():
-            logits, terms = self.model.forward_train(inputs, labels)
+            forward = getattr(self, "_train_forward", None) or self.model.forward_train
+            logits, terms = forward(inputs, labels)
         weights = self.loss_weights()
         loss = sum(weights.get(name, 1.0) * term.float() for name, term in terms.items())
         self._check_finite(loss, terms)
@@ -132,19 +170,23 @@ class ClipTrainer(TrainerX):
         else:
             self.model_backward_and_update(loss)
 
-        summary = {"loss": loss.item()}
+        # one device -> host copy for every logged number (not one per .item())
+        acc = compute_accuracy(logits.detach(), labels)[0]
+        values = torch.stack([loss.detach(), *(t.detach().float() for t in terms.values()),
+                              torch.as_tensor(acc, dtype=torch.float32, device=loss.device).reshape(())]).tolist()
+        summary = {"loss": values[0]}
         if len(terms) > 1:
-            summary.update({name: term.item() for name, term in terms.items()})
-        summary["acc"] = compute_accuracy(logits, labels)[0].item()
+            summary.update(zip(terms, values[1:-1]))
+        summary["acc"] = values[-1]
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
 
     def _check_finite(self, loss, terms):
-        if torch.isfinite(loss).all():
-            return
         if self.scaler is not None:
             return  # the grad scaler skips the step and lowers its scale
+        if math.isfinite(loss.item()):
+            return
         bad = [f"{name}={term.item()}" for name, term in terms.items() if not torch.isfinite(term).all()]
         raise FloatingPointError(
             f"non-finite loss at epoch {self.epoch + 1} batch {self.batch_idx + 1} "
@@ -158,21 +200,76 @@ class ClipTrainer(TrainerX):
             return self.model(images)
 
     def test(self, split=None):
+        """Dassl's test() in inference mode, with the model's begin_eval / end_eval around it.
+
+        Inference mode (stricter than Dassl's no_grad): no autograd
+        bookkeeping at all.  Under torchrun each rank evaluates a shard and
+        rank 0 evaluates the gathered logits (trainers/distributed.py).
+        """
         self._capture_evaluator_results()
-        begin = getattr(self.model, "begin_eval", None)
-        if begin is not None:
-            begin()
-        try:
-            result = super().test(split=split)
-        finally:
-            end = getattr(self.model, "end_eval", None)
-            if end is not None:
-                end()
+        with torch.inference_mode():
+            begin = getattr(self.model, "begin_eval", None)
+            if begin is not None:
+                begin()
+            try:
+                if distributed.is_distributed():
+                    result = self._test_sharded(split)
+                else:
+                    result = super().test(split=split)
+            finally:
+                end = getattr(self.model, "end_eval", None)
+                if end is not None:
+                    end()
         requested = split or self.cfg.TEST.SPLIT
         final_split = "val" if (requested == "val" and self.val_loader is not None) else "test"
-        if final_split == "test" and self._last_results is not None:
+        if final_split == "test" and self._last_results is not None and distributed.is_main_process():
             self._write_results(final_split)
         return result
+
+    def _test_sharded(self, split=None):
+        """Dassl's test loop (dassl-behaviour.md §b.8) over this rank's shard; rank 0 evaluates all."""
+        from tqdm import tqdm
+
+        main = distributed.is_main_process()
+        self.set_model_mode("eval")
+        self.evaluator.reset()
+        if split is None:
+            split = self.cfg.TEST.SPLIT
+        if split == "val" and self.val_loader is not None:
+            data_loader = self.val_loader
+        else:
+            split = "test"
+            data_loader = self.test_loader
+        print(f"Evaluate on the *{split}* set")
+
+        outputs, labels = [], []
+        for batch in tqdm(distributed.shard_eval_loader(data_loader), disable=not main):
+            inputs, label = self.parse_batch_test(batch)
+            outputs.append(self.model_inference(inputs).float().cpu())
+            labels.append(label.cpu())
+        shard = (torch.cat(outputs), torch.cat(labels)) if outputs else None
+        gathered = distributed.gather_to_main(shard)
+        result = None
+        if main:
+            for item in gathered:
+                if item is not None:
+                    self.evaluator.process(*item)
+            results = self.evaluator.evaluate()
+            for key, value in results.items():
+                self.write_scalar(f"{split}/{key}", value, self.epoch)
+            result = list(results.values())[0]
+        return distributed.broadcast_from_main(result)
+
+    def init_writer(self, log_dir):
+        """TensorBoard on rank 0 only (every rank under a plain run)."""
+        if distributed.is_main_process():
+            super().init_writer(log_dir)
+
+    def save_model(self, *args, **kwargs):
+        """Checkpoints are written by rank 0 only; the other ranks wait for them (torchrun)."""
+        if distributed.is_main_process():
+            self.write_checkpoint(*args, **kwargs)  # the checkpoint section below
+        distributed.barrier()
 
     def _capture_evaluator_results(self):
         """Keep the evaluator's full result dict (Dassl's test() returns only accuracy)."""
@@ -208,6 +305,89 @@ class ClipTrainer(TrainerX):
         write_results(self.output_dir, record)
 
     # -------------------------------------------------------------- checkpoint
+    # dassl-behaviour.md §b.3, §b.9, §f.4.  Deliberate fixes of Dassl defects
+    # (docs/when_a_run_fails.md): every file is written atomically (temp file +
+    # rename); a checkpoint also holds the RNG states and best_result, so a
+    # resumed run repeats an uninterrupted one, and the config, trainer and
+    # backbone it was made with, which loading checks.  All of it is plain data
+    # (``torch.load(weights_only=True)`` reads it) and only the learnable module:
+    # class-dependent buffers are non-persistent, so base -> new still works.
+
+    def write_checkpoint(self, epoch, directory, is_best=False, val_result=None, model_name=""):
+        """Save every registered module to ``directory/<name>/`` (§b.9 keys plus ours)."""
+        extra = {
+            "rng_state": capture_rng_state(),
+            "best_result": float(self.best_result),
+            "trainer": type(self).__name__,
+            "backbone": backbone_id(self.cfg),
+            "config": self.cfg.dump(),
+        }
+        for name in self.get_model_names():
+            optim, sched = self._optims[name], self._scheds[name]
+            state = {
+                "state_dict": self._models[name].state_dict(),
+                "epoch": epoch + 1,
+                "optimizer": optim.state_dict() if optim is not None else None,
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "val_result": val_result,
+                **extra,
+            }
+            save_checkpoint(state, osp.join(directory, name), is_best=is_best, model_name=model_name)
+
+    def resume_model_if_exist(self, directory):
+        """Resume from the last complete checkpoint in ``directory`` (§b.3); returns the start epoch.
+
+        Prints Dassl's lines.  Deliberate fixes: a folder without a complete
+        checkpoint (a run killed during its first save) trains from scratch; a
+        missing, empty or unreadable pointer falls back to the newest readable
+        ``model.pth.tar-N``; the RNG states and best_result are restored; a
+        checkpoint of another trainer, backbone or class count is refused.
+        """
+        names = self.get_model_names()
+        found = {}
+        if names and all(osp.isdir(osp.join(directory, name)) for name in names):
+            for name in names:
+                found[name] = find_complete_checkpoint(osp.join(directory, name))
+        if not names or len(found) < len(names) or any(item is None for item in found.values()):
+            print("No checkpoint found, train from scratch")
+            return 0
+
+        print(f"Found checkpoint at {directory} (will resume training)")
+        start_epoch, checkpoint, path = 0, None, ""
+        for name in names:
+            path, checkpoint = found[name]
+            print(f'Loading checkpoint from "{path}"')
+            state_dict = self._checked_state_dict(name, checkpoint, path, resuming=True)
+            self._models[name].load_state_dict(state_dict, strict=True)
+            print("Loaded model weights")
+            optim, sched = self._optims[name], self._scheds[name]
+            if optim is not None and checkpoint.get("optimizer") is not None:
+                optim.load_state_dict(checkpoint["optimizer"])
+                print("Loaded optimizer")
+            if sched is not None and checkpoint.get("scheduler") is not None:
+                sched.load_state_dict(checkpoint["scheduler"])
+                print("Loaded scheduler")
+            start_epoch = checkpoint["epoch"]
+            print(f"Previous epoch: {start_epoch}")
+        self._restore_loop_state(checkpoint, path)
+        return start_epoch
+
+    def _restore_loop_state(self, checkpoint, path):
+        """RNG states and best_result of a resumed checkpoint; warn about config changes."""
+        changes = config_changes(checkpoint.get("config"), self.cfg)
+        if changes:
+            logger.warning("Resuming %s, made with another config: %s", path, "; ".join(changes))
+        if checkpoint.get("best_result") is not None:
+            self.best_result = checkpoint["best_result"]
+        if checkpoint.get("rng_state") is None:
+            logger.warning(
+                "%s has no random-number-generator state (written by Dassl or the official code): "
+                "the resumed run continues but will not repeat an uninterrupted run exactly", path,
+            )
+            return
+        restore_rng_state(checkpoint["rng_state"])
+        logger.info("Restored the random number generator states of %s", path)
+
     def load_model(self, directory, epoch=None):
         """Load learnable weights; class-dependent tensors stay those of the current classes."""
         if not directory:
@@ -217,19 +397,21 @@ class ClipTrainer(TrainerX):
         for name in self.get_model_names():
             model_path = osp.join(directory, name, model_file)
             if not osp.exists(model_path):
-                raise FileNotFoundError(
-                    f'Model not found at "{model_path}": check --model-dir and --load-epoch '
-                    f"(the run saves <output-dir>/{name}/model.pth.tar-<epoch>)"
-                )
+                raise FileNotFoundError(missing_model_message(directory, name, model_file))
             checkpoint = load_checkpoint(model_path)
-            state_dict = self.convert_state_dict(name, checkpoint["state_dict"])
-            for key in list(state_dict):
-                if key.split(".")[-1] in self.CLASS_DEPENDENT_KEYS:
-                    del state_dict[key]
-            module = self._models[name]
-            check_state_dict_compatible(module, state_dict, model_path, type(self).__name__)
+            state_dict = self._checked_state_dict(name, checkpoint, model_path, resuming=False)
             print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
-            module.load_state_dict(state_dict, strict=True)
+            self._models[name].load_state_dict(state_dict, strict=True)
+
+    def _checked_state_dict(self, name, checkpoint, path, resuming):
+        """The checkpoint's state dict for module ``name``, after every compatibility check."""
+        trainer_name = type(self).__name__
+        check_checkpoint_origin(checkpoint, path, trainer_name, backbone_id(self.cfg), resuming=resuming)
+        state_dict = self.convert_state_dict(name, checkpoint["state_dict"])
+        state_dict = {key: value for key, value in state_dict.items()
+                      if key.split(".")[-1] not in self.CLASS_DEPENDENT_KEYS}
+        check_state_dict_compatible(self._models[name], state_dict, path, trainer_name)
+        return state_dict
 
     def convert_state_dict(self, name, state_dict):
         """Hook: map a loaded state dict to our parameter names (default: unchanged).
@@ -250,6 +432,187 @@ def check_input_size(cfg, clip_model):
         )
 
 
+# ----------------------------------------------------------------------------
+# checkpoint helpers
+# ----------------------------------------------------------------------------
+_NUMBERED = re.compile(r"^model\.pth\.tar-(\d+)$")
+#: temp files of bundled_dassl.utils' atomic writes: ``.<final name>.<pid>-<hex>.tmp``
+_TEMP = re.compile(r"^\..+\.(\d+)-[0-9a-f]+\.tmp$")
+
+
+def backbone_id(cfg) -> str:
+    """The backbone a run uses, as stored in its checkpoints: the name, else the file name."""
+    backbone = cfg.MODEL.BACKBONE
+    return backbone.NAME or osp.basename(backbone.PATH)
+
+
+def capture_rng_state() -> dict:
+    """Python, NumPy, torch and CUDA generator states as plain data (weights_only-loadable)."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of :func:`capture_rng_state` (CUDA states only when the GPU count matches)."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    name, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda") or []
+    if torch.cuda.is_available() and cuda:
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+        else:
+            logger.warning("The checkpoint holds %d CUDA generator states but %d GPUs are visible: "
+                           "CUDA generators are not restored", len(cuda), torch.cuda.device_count())
+
+
+def find_complete_checkpoint(fdir):
+    """``(path, checkpoint)`` of the last complete checkpoint in ``fdir``, or None.
+
+    The file named by the ``checkpoint`` pointer (§b.3) when it reads; else
+    the newest readable ``model.pth.tar-N`` (a pointer lost or truncated by a
+    non-atomic writer, e.g. real Dassl's).  Leftover temp files of writes cut
+    short by a kill are removed first.
+    """
+    _remove_dead_temp_files(fdir)
+    named = ""
+    pointer = osp.join(fdir, "checkpoint")
+    if osp.isfile(pointer):
+        with open(pointer) as f:
+            named = f.readline().strip()
+    numbered = sorted(
+        (name for name in os.listdir(fdir) if _NUMBERED.match(name)),
+        key=lambda name: int(_NUMBERED.match(name).group(1)), reverse=True,
+    )
+    unusable = []
+    for name in ([named] if named else []) + [n for n in numbered if n != named]:
+        path = osp.join(fdir, name)
+        checkpoint = _read_checkpoint(path)
+        if checkpoint is None:
+            unusable.append(name)
+            continue
+        if name != named:
+            logger.warning(
+                'The "checkpoint" pointer in %s is %s: resuming from %s, the newest readable checkpoint',
+                fdir, f"unusable ({named} does not load)" if named else "missing or empty", name,
+            )
+        return path, checkpoint
+    if unusable:
+        logger.warning("No complete checkpoint in %s (unreadable: %s): training from scratch",
+                       fdir, ", ".join(unusable))
+    return None
+
+
+def _read_checkpoint(path):
+    """The checkpoint at ``path`` if it is a complete, readable one, else None."""
+    if not osp.isfile(path):
+        return None
+    try:
+        checkpoint = load_checkpoint(path)
+    except Exception:  # truncated or corrupt: load_checkpoint printed which file
+        return None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "epoch" not in checkpoint:
+        return None
+    return checkpoint
+
+
+def _remove_dead_temp_files(fdir):
+    """Delete temp files of atomic writes whose writer process is gone."""
+    for name in os.listdir(fdir):
+        match = _TEMP.match(name)
+        if match and not _pid_alive(int(match.group(1))):
+            try:
+                os.remove(osp.join(fdir, name))
+                logger.info("Removed %s, left by a checkpoint write that was cut short", osp.join(fdir, name))
+            except OSError:
+                pass
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own temp files are never left behind while we run
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def missing_model_message(directory, name, model_file):
+    """Why ``--model-dir`` has no ``<name>/<model_file>`` and what to pass instead."""
+    folder = osp.join(directory, name)
+    path = osp.join(folder, model_file)
+    if not osp.isdir(directory):
+        return (f'Model not found at "{path}": --model-dir {directory} does not exist; '
+                "point it at the output folder of a training run")
+    if not osp.isdir(folder):
+        return (f'Model not found at "{path}": {directory} has no {name}/ folder, so it is not the output '
+                "folder of a finished training run of this trainer; check --model-dir and --trainer")
+    names = os.listdir(folder)
+    epochs = sorted(int(_NUMBERED.match(n).group(1)) for n in names if _NUMBERED.match(n))
+    hints = [f"--load-epoch {' or '.join(map(str, epochs))}"] if epochs else []
+    if "model-best.pth.tar" in names:
+        hints.append("no --load-epoch for model-best.pth.tar")
+    hint = f"use {' or '.join(hints)}" if hints else "the run saved no checkpoint (did it finish?)"
+    return f'Model not found at "{path}": check --model-dir and --load-epoch ({hint})'
+
+
+def check_checkpoint_origin(checkpoint, path, trainer_name, backbone, resuming=False):
+    """Refuse a checkpoint made by another trainer or with another backbone (when it says so).
+
+    Checkpoints of Dassl / the official code carry no such fields and are not checked here.
+    """
+    fix = ("use another --output-dir (this one holds that run) or the same settings to resume it"
+           if resuming else "point --model-dir at a run made with the same trainer and backbone")
+    made_by = checkpoint.get("trainer")
+    if made_by and made_by != trainer_name:
+        raise UserError(
+            f"checkpoint {path} was made by the {made_by} trainer, not {trainer_name}: {fix}"
+        )
+    made_with = checkpoint.get("backbone")
+    if made_with and backbone and made_with != backbone:
+        raise UserError(
+            f"checkpoint {path} was made with backbone {made_with}, but this run uses {backbone} "
+            f"(MODEL.BACKBONE): {fix}"
+        )
+
+
+def config_changes(stored_dump, cfg, ignore=("OUTPUT_DIR", "RESUME")):
+    """``KEY: old -> new`` for every config value that differs from a checkpoint's stored config."""
+    if not stored_dump:
+        return []
+    try:
+        stored = type(cfg).load_cfg(stored_dump)
+    except Exception:  # not parseable as this config type: nothing to compare
+        return []
+    old, new = _flatten(stored), _flatten(cfg)
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
+            if key not in ignore and _plain(old.get(key)) != _plain(new.get(key))]
+
+
+def _flatten(node, prefix=""):
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
 def check_state_dict_compatible(module, state_dict, path, trainer_name):
     """Fail with one clear message when a checkpoint does not fit ``module``."""
     own = module.state_dict()
@@ -261,12 +624,22 @@ def check_state_dict_compatible(module, state_dict, path, trainer_name):
             f"or config?): missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     for key, value in state_dict.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            hint = ""
-            if key.split(".")[-1] == "ctx" and value.dim() == 3:
-                hint = (f" (class-specific context for {value.shape[0]} classes, but the dataset has "
-                        f"{own[key].shape[0]}: CSC checkpoints only evaluate on their own classes)")
+        expected = own[key]
+        if tuple(value.shape) == tuple(expected.shape):
+            continue
+        if key.split(".")[-1] == "ctx" and value.dim() == 3 and expected.dim() == 3:
             raise UserError(
-                f"checkpoint {path}: {key} has shape {tuple(value.shape)} but the {trainer_name} model "
-                f"expects {tuple(own[key].shape)}{hint}; was it made with another backbone or N_CTX?"
+                f"checkpoint {path}: class-specific context (CSC) for {value.shape[0]} classes, but this "
+                f"dataset has {expected.shape[0]}: a CSC checkpoint only evaluates on the classes it was "
+                "trained on (use DATASET.SUBSAMPLE_CLASSES of its run, or train with CSC False)"
             )
+        if key.split(".")[-1] == "ctx" and value.dim() != expected.dim():
+            made = "class-specific (CSC True)" if value.dim() == 3 else "shared (CSC False)"
+            raise UserError(
+                f"checkpoint {path} holds a {made} context, {tuple(value.shape)}, but this run expects "
+                f"{tuple(expected.shape)}: set CSC (and N_CTX, CTX_INIT) as in the run that made it"
+            )
+        raise UserError(
+            f"checkpoint {path}: {key} has shape {tuple(value.shape)} but the {trainer_name} model "
+            f"expects {tuple(expected.shape)}; was it made with another backbone or N_CTX?"
+        )
