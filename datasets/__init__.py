@@ -18,3 +18,4 @@ from . import (  # noqa: F401  (imported for registration)
     ucf101,
 )
 from . import synthetic  # noqa: F401  (the embedded offline dataset; added by the lead)
+from . import synthetic_benchmarks  # noqa: F401  (synthetic base-to-new / cross-dataset / DG benchmarks)

@@ -9,6 +9,11 @@ dataset (dassl-behaviour.md §h.1): split file, few-shot cache, base / new
 subsampling.  A folder made by an older generator (``generator.json``) is
 regenerated, and its stale few-shot caches are removed.
 
+The images are seen through a *downstream camera* (``faded``: lower contrast,
+warm cast; ``synthetic_world.CAMERAS``) that the pretraining never saw, as real
+downstream datasets differ from CLIP's web images: zero-shot CLIP loses some
+accuracy to it, and few labelled shots can adapt to it.
+
 Styles are the domains: ``DATASET.SOURCE_DOMAINS`` restricts train / val to
 those styles and ``DATASET.TARGET_DOMAINS`` the test set (Dassl-style domain
 generalisation, e.g. train on ``photo``, test on ``sketch cartoon``); without
@@ -36,7 +41,7 @@ from datasets.coop_common import CoOpFewShotDataset, DatasetError
 logger = get_logger("data.synthetic")
 
 #: Bump when the images a generator writes change: older folders are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 GENERATOR_FILE = "generator.json"
 
 #: SyntheticShapes' classes, in its historical label order.
@@ -56,16 +61,26 @@ def _image_name(style, classname, split, k):
 
 
 def generate(dataset_dir: str, split_path: str, class_names: Sequence[str], styles: Sequence[str],
-             per_style: Dict[str, int], seed: int, batch: int = 512) -> None:
+             per_style: Dict[str, int], seed: int, batch: int = 512, camera: str = "faded") -> None:
     """Write every image and the split file of a synthetic dataset (deterministic per seed).
 
     Objects get a random texture per image (a nuisance); pattern classes fix it.
+    Every image is seen through ``camera`` (``synthetic_world.CAMERAS``).
     The split file is written last (atomically), so an interrupted generation
     is redone on the next use.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # many small ops: one thread is faster, and immune to oversubscription
+    try:
+        _generate(dataset_dir, split_path, class_names, styles, per_style, seed, batch, camera)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _generate(dataset_dir, split_path, class_names, styles, per_style, seed, batch, camera):
     gen = torch.Generator().manual_seed(seed)
     image_dir = osp.join(dataset_dir, "images")
-    jobs = []  # (relative path, label, class name, scene)
+    jobs = []  # (relative image path, scene)
     splits = {"train": [], "val": [], "test": []}
     for split in ("train", "val", "test"):
         for label, name in enumerate(class_names):
@@ -79,7 +94,7 @@ def generate(dataset_dir: str, split_path: str, class_names: Sequence[str], styl
         mkdir_if_missing(osp.join(image_dir, folder))
     for start in range(0, len(jobs), batch):
         chunk = jobs[start:start + batch]
-        images = world.render_scenes([scene for _, scene in chunk], gen)
+        images = world.render_scenes([scene for _, scene in chunk], gen, camera=camera)
         for (rel, _), img in zip(chunk, images):
             Image.fromarray(img.permute(1, 2, 0).numpy(), "RGB").save(osp.join(image_dir, rel))
     tmp = split_path + ".tmp"
@@ -103,6 +118,8 @@ class SyntheticDataset(CoOpFewShotDataset):
     default_test_styles: Optional[Sequence[str]] = None
     per_style = {"train": 16, "val": 4, "test": 10}
     generator_seed = 0
+    #: the downstream camera (see ``synthetic_world.CAMERAS``)
+    camera = "faded"
 
     @classmethod
     def class_names(cls) -> List[str]:  # pragma: no cover - every subclass overrides it
@@ -129,7 +146,7 @@ class SyntheticDataset(CoOpFewShotDataset):
     # -- generation ----------------------------------------------------------
     def _generator_info(self):
         return {"version": GENERATOR_VERSION, "seed": self.generator_seed, "classes": self.class_names(),
-                "styles": list(self.styles), "per_style": dict(self.per_style)}
+                "styles": list(self.styles), "per_style": dict(self.per_style), "camera": self.camera}
 
     def check_files(self, cfg):
         info_path = osp.join(self.dataset_dir, GENERATOR_FILE)
@@ -150,7 +167,7 @@ class SyntheticDataset(CoOpFewShotDataset):
         logger.info("Generating the %s dataset under %s", type(self).__name__, self.dataset_dir)
         mkdir_if_missing(self.dataset_dir)
         generate(self.dataset_dir, self.split_path, self.class_names(), self.styles, self.per_style,
-                 self.generator_seed)
+                 self.generator_seed, camera=self.camera)
         with open(info_path, "w") as f:
             json.dump(info, f, indent=1)
 

@@ -155,7 +155,7 @@ OBJECT_TEMPLATES = (
     ("a {S} of a {C} {H} with {N}.", "SCHT"),
     ("a {C} {H}.", "CH"),
     ("a {T} {C} {H}.", "CHT"),
-    ("a {Z} {C} {H}.", "CH"),
+    ("a {Z} {C} {H}.", "ZCH"),
     ("a {C} {H} in {S} style.", "SCH"),
     ("a {S} of a {H} that is {C}.", "SCH"),
     ("a {S} of a {H}.", "SH"),
@@ -169,7 +169,7 @@ PATTERN_TEMPLATES = (
     ("a {S} of {C} {N}.", "SCT"),
     ("a {S} of a {T} pattern.", "ST"),
 )
-_ATTR = {"S": "style", "C": "colour", "H": "shape", "T": "texture"}
+_ATTR = {"S": "style", "C": "colour", "H": "shape", "T": "texture", "Z": "size"}
 
 
 def caption(scene: Scene, gen: torch.Generator, size: Optional[str] = None):
@@ -303,16 +303,37 @@ def _low_freq(gen, n, grid, size, amplitude):
     return F.interpolate(noise, size=(size, size), mode="bicubic", align_corners=False)
 
 
+def _box_sum(mask, k):
+    """Sum of ``mask`` [n, 1, S, S] over a k x k window (zero padded), from cumulative sums."""
+    r = k // 2
+    x = F.pad(mask, (r + 1, r, r + 1, r))
+    x = x.cumsum(-1)
+    x = x[..., k:] - x[..., :-k]
+    x = x.cumsum(-2)
+    return x[..., k:, :] - x[..., :-k, :]
+
+
 def _band(mask, width):
-    """Outline of a binary mask [n, 1, S, S]: dilation minus erosion, ``width`` px."""
+    """Outline of a binary mask [n, 1, S, S]: dilation minus erosion by a ``width`` px square."""
     k = 2 * (width // 2) + 1
-    dil = F.max_pool2d(mask, k, stride=1, padding=k // 2)
-    ero = -F.max_pool2d(-mask, k, stride=1, padding=k // 2)
-    return (dil - ero).clamp(0, 1)
+    total = _box_sum(mask, k)
+    return ((total > 0.5) & (total < k * k - 0.5)).to(mask.dtype)
+
+
+def _downsample(x, factor):
+    """Box-filter ``x`` [n, c, S, S] by an integer ``factor`` (anti-aliasing)."""
+    if factor == 1:
+        return x
+    out = None
+    for i in range(factor):
+        for j in range(factor):
+            part = x[..., i::factor, j::factor]
+            out = part.clone() if out is None else out.add_(part)
+    return out / (factor * factor)
 
 
 def render_scenes(scenes: Sequence[Scene], gen: torch.Generator, size: int = IMAGE_SIZE,
-                  supersample: int = SUPERSAMPLE, return_sizes: bool = False):
+                  supersample: int = SUPERSAMPLE, return_sizes: bool = False, camera: str = "none"):
     """Draw ``scenes`` as ``uint8`` images ``[N, 3, size, size]`` (deterministic given ``gen``).
 
     Geometry (shape masks, textures, outlines) is drawn at ``size *
@@ -321,7 +342,10 @@ def render_scenes(scenes: Sequence[Scene], gen: torch.Generator, size: int = IMA
     position, size and a small rotation, colour jitter, texture scale /
     orientation / phase, background, noise.  With ``return_sizes`` also returns
     each object's size word (``small`` / ``large``, ``None`` for patterns).
+    ``camera`` names an entry of :data:`CAMERAS` applied last.
     """
+    if camera not in CAMERAS:
+        raise ValueError(f"unknown camera {camera!r}: use one of {', '.join(CAMERAS)}")
     n = len(scenes)
     if n == 0:
         empty = torch.zeros(0, 3, size, size, dtype=torch.uint8)
@@ -356,12 +380,10 @@ def render_scenes(scenes: Sequence[Scene], gen: torch.Generator, size: int = IMA
         if idx and texture != "plain":
             ii = torch.tensor(idx)
             tex[ii] = _texture(texture, u[ii], v[ii], gen, len(idx))
-    mask = mask.unsqueeze(1)
-    layers = torch.cat([mask, tex.unsqueeze(1), _band(mask, 3 * supersample // 2), _band(mask, 5 * supersample // 2)], 1)
-    layers = F.avg_pool2d(layers, supersample) if supersample > 1 else layers
-    geo = _Geometry(mask=layers[:, 0:1], tex=layers[:, 1:2], thin=layers[:, 2:3], thick=layers[:, 3:4],
-                    mask_tex=F.avg_pool2d((mask * tex.unsqueeze(1)), supersample) if supersample > 1
-                    else mask * tex.unsqueeze(1),
+    mask, tex = mask.unsqueeze(1), tex.unsqueeze(1)
+    down = lambda x: _downsample(x, supersample)  # noqa: E731
+    geo = _Geometry(mask=down(mask), tex=down(tex), thin=down(_band(mask, 3 * supersample // 2)),
+                    thick=down(_band(mask, 5 * supersample // 2)), mask_tex=down(mask * tex),
                     lx=lx[:, ::supersample, ::supersample], ly=ly[:, ::supersample, ::supersample],
                     pattern=torch.tensor([s.kind == "pattern" for s in scenes]).view(n, 1, 1, 1).float())
 
@@ -376,7 +398,7 @@ def render_scenes(scenes: Sequence[Scene], gen: torch.Generator, size: int = IMA
         if idx:
             ii = torch.tensor(idx)
             out[ii] = _STYLE_FN[style](gen, colour[ii], geo.select(ii))
-    images = out.round().clamp(0, 255).to(torch.uint8)
+    images = apply_camera(out, camera)
     if return_sizes:
         sizes = [None if s.kind == "pattern" else ("small" if float(r) < 0.58 else "large")
                  for s, r in zip(scenes, radius)]
@@ -469,6 +491,27 @@ def _painting(gen, colour, geo):
 
 
 _STYLE_FN = {"photo": _photo, "sketch": _sketch, "cartoon": _cartoon, "painting": _painting}
+
+
+#: Acquisition conditions of the *downstream* datasets, which pretraining never
+#: sees: ``(contrast, offset, per-channel gain)`` applied to the rendered
+#: pixels.  ``faded`` (lower contrast, warm cast) is the camera of the
+#: synthetic datasets: like a real downstream dataset, their images differ from
+#: the pretraining images in a way that costs zero-shot accuracy and that a few
+#: labelled shots can adapt to.
+CAMERAS = {
+    "none": None,
+    "faded": (0.7, 35.0, (1.08, 0.96, 0.80)),
+}
+
+
+def apply_camera(images: torch.Tensor, camera: str = "none") -> torch.Tensor:
+    """Float pixels [N, 3, S, S] in 0..255 -> ``uint8`` images as seen through ``camera``."""
+    params = CAMERAS[camera]
+    if params is not None:
+        contrast, offset, gain = params
+        images = (images * contrast + offset) * torch.tensor(gain, dtype=images.dtype).view(1, 3, 1, 1)
+    return images.round().clamp(0, 255).to(torch.uint8)
 
 
 def to_model_input(images: torch.Tensor, resolution: int, mean: Sequence[float], std: Sequence[float]):

@@ -231,12 +231,30 @@ def name_token_length(name: str) -> int:
 def tokenize(texts: Sequence[str]) -> torch.Tensor:
     """CLIP tokenization (77 tokens, zero padded); too long a text is a clear error."""
     clip = _clip()
+    texts = list(texts)
+    for text in texts:
+        # CLIP's tokenizer turns these literal strings into its SOS / EOS tokens: an EOS inside
+        # a class name would silently end the prompt there (the features are read at EOS).
+        special = [tok for tok in ("<|startoftext|>", "<|endoftext|>") if tok in text]
+        if special:
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise UserError(
+                f"the prompt {shown!r} contains {special[0]}, CLIP's special token: remove it from the "
+                "class name or CTX_INIT"
+            )
     try:
-        return clip.tokenize(list(texts))
-    except RuntimeError as exc:  # "Input ... is too long for context length 77"
-        raise UserError(
-            f"{exc}: shorten the class name or CTX_INIT (CLIP's text context is 77 tokens)"
-        ) from None
+        return clip.tokenize(texts)
+    except RuntimeError:  # "Input ... is too long for context length 77"
+        limit = 77 - 2  # SOS and EOS
+        for text in texts:
+            n_tokens = len(_tokenizer().encode(text))
+            if n_tokens > limit:
+                shown = text if len(text) <= 60 else text[:57] + "..."
+                raise UserError(
+                    f"the prompt {shown!r} has {n_tokens} tokens, more than the {limit} that CLIP's "
+                    "77-token text context allows: shorten the class name or CTX_INIT (or lower N_CTX)"
+                ) from None
+        raise
 
 
 def eot_positions(tokenized: torch.Tensor) -> torch.Tensor:
@@ -261,6 +279,15 @@ class TextEncoder(nn.Module):
       replaced by ``deep_prompts[i-1]`` (MaPLe).
 
     Returns the projected EOT features [N, E] (not normalised).
+
+    ``forward(prefixes, tokenized_prompts, suffix=suffix)`` encodes per-image
+    prompt sets (CoCoOp, GOPro) whose prompts share their first P tokens:
+    ``prefixes`` [B, P, D] (SOS and image b's context, the same for every
+    class), ``suffix`` [C, S, D] (class c's tokens, the same for every image);
+    prompt (b, c) is ``prefixes[b] + suffix[c]`` and the result is [B, C, E].
+    Exact: under the causal mask positions < P never see the class tokens,
+    so their states are computed once per image (not once per class) and
+    every class attends to them -- the class part alone is computed B*C times.
     """
 
     def __init__(self, clip_model: nn.Module):
@@ -276,7 +303,12 @@ class TextEncoder(nn.Module):
     def dtype(self):
         return self.text_projection.dtype
 
-    def forward(self, prompts, tokenized_prompts, deep_prompts: Optional[Sequence[torch.Tensor]] = None):
+    def forward(self, prompts, tokenized_prompts, deep_prompts: Optional[Sequence[torch.Tensor]] = None,
+                suffix: Optional[torch.Tensor] = None):
+        if suffix is not None:
+            if deep_prompts is not None:
+                raise ValueError("TextEncoder: deep prompts and shared-prefix encoding cannot be combined")
+            return self._forward_shared_prefix(prompts, suffix, tokenized_prompts)
         n_tokens = prompts.shape[1]
         x = prompts.type(self.dtype) + self.positional_embedding[:n_tokens].type(self.dtype)
         x = x.permute(1, 0, 2)  # NLD -> LND, CLIP's blocks are sequence-first
@@ -290,11 +322,77 @@ class TextEncoder(nn.Module):
                     deep = deep.permute(1, 0, 2)
                 x = torch.cat([x[:1], deep, x[1 + n:]], dim=0)
             x = block(x)
-        x = x.permute(1, 0, 2)
-        x = self.ln_final(x).type(self.dtype)
-        eot = eot_positions(tokenized_prompts)
-        feats = x[torch.arange(x.shape[0], device=x.device), eot]
+        # Only the EOT token is read: take it first, then ln_final (a per-token
+        # operation, so this is exact) -- no LayerNorm over the whole sequence.
+        eot = eot_positions(tokenized_prompts).to(x.device)
+        feats = x[eot, torch.arange(x.shape[1], device=x.device)]
+        feats = self.ln_final(feats).type(self.dtype)
         return feats @ self.text_projection
+
+    def _forward_shared_prefix(self, prefixes, suffix, tokenized_prompts):
+        """[B, P, D] prefixes x [C, S, D] suffixes -> EOT features [B, C, E] (see the class docstring)."""
+        dtype = self.dtype
+        n_prefix, n_suffix = prefixes.shape[1], suffix.shape[1]
+        pos = self.positional_embedding[:n_prefix + n_suffix].type(dtype)
+        hp = prefixes.type(dtype) + pos[:n_prefix]                        # [B, P, D]
+        hs = (suffix.type(dtype) + pos[n_prefix:]).unsqueeze(0)           # [1, C, S, D] until block 0
+        mask = torch.ones(n_suffix, n_prefix + n_suffix, dtype=torch.bool, device=hp.device)
+        mask[:, n_prefix:] = torch.ones(n_suffix, n_suffix, dtype=torch.bool, device=hp.device).tril()
+        for block in self.blocks:
+            hp, hs = _shared_prefix_block(block, hp, hs, mask)
+        eot = eot_positions(tokenized_prompts).to(hs.device) - n_prefix  # every EOT lies in the suffix
+        feats = hs[:, torch.arange(hs.shape[1], device=hs.device), eot]   # [B, C, D]
+        return self.ln_final(feats).type(dtype) @ self.text_projection
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[..., T, D] -> [N, heads, T, D / heads]."""
+    t, d = x.shape[-2:]
+    return x.reshape(-1, t, heads, d // heads).transpose(1, 2)
+
+
+def _shared_prefix_block(block: nn.Module, hp: torch.Tensor, hs: torch.Tensor, mask: torch.Tensor):
+    """One CLIP residual block (x + attn(ln_1 x), then x + mlp(ln_2 x)) over a shared prefix.
+
+    ``hp`` [B, P, D]: the prefix states (causal attention among themselves);
+    ``hs`` [B or 1, C, S, D]: the class parts, attending to their image's
+    prefix and causally to their own tokens (``mask`` [S, P + S]).  The
+    block's own weights are used (packed q/k/v projection, out_proj, ln_1,
+    ln_2, mlp), so the result is that of ``block`` on the full sequences.
+    """
+    attn = block.attn
+    heads = attn.num_heads
+    batch, n_prefix, width = hp.shape
+    n_cls, n_suffix = hs.shape[1], hs.shape[2]
+    qp, kp, vp = F.linear(block.ln_1(hp), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    qs, ks, vs = F.linear(block.ln_1(hs), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    qp, kp, vp = (_split_heads(t, heads) for t in (qp, kp, vp))                        # [B, H, P, hd]
+    out_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)
+    out_p = out_p.transpose(1, 2).reshape(batch, n_prefix, width)
+    qs, ks, vs = (_split_heads(t.expand(batch, n_cls, n_suffix, width), heads) for t in (qs, ks, vs))
+    per_class = (batch * n_cls, heads, n_prefix, width // heads)
+    k = torch.cat([kp.unsqueeze(1).expand(batch, n_cls, *kp.shape[1:]).reshape(per_class), ks], dim=2)
+    v = torch.cat([vp.unsqueeze(1).expand(batch, n_cls, *vp.shape[1:]).reshape(per_class), vs], dim=2)
+    out_s = F.scaled_dot_product_attention(qs, k, v, attn_mask=mask)
+    out_s = out_s.transpose(1, 2).reshape(batch, n_cls, n_suffix, width)
+    hp = hp + attn.out_proj(out_p)
+    hs = hs + attn.out_proj(out_s)
+    hp = hp + block.mlp(block.ln_2(hp))
+    hs = hs + block.mlp(block.ln_2(hs))
+    return hp, hs
+
+
+def supports_shared_prefix(text_encoder: "TextEncoder") -> bool:
+    """Whether the text blocks are CLIP's causal, packed-projection, dropout-free attention blocks."""
+    for block in text_encoder.blocks:
+        attn, mask = getattr(block, "attn", None), getattr(block, "attn_mask", None)
+        if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim \
+                or attn.in_proj_bias is None or attn.dropout or mask is None:
+            return False
+        masked = torch.isinf(mask)
+        if not bool((masked == torch.ones_like(masked).triu(1)).all()):  # exactly the causal mask
+            return False
+    return True
 
 
 def truncation_length(tokenized_prompts: torch.Tensor) -> int:

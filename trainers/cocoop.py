@@ -6,10 +6,12 @@ image feature; every class prompt of image b uses the shifted context ctx + pi_b
 (shared/parity/README.md §6, prompt-construction.md "Per-image context").
 
 All per-image prompt sets of a batch go through ONE batched text-encoder call
-([B*C, L, D], truncated to the longest prompt) instead of the official loop
-over images; a very large B*C (e.g. evaluation batches on ImageNet) is split
-by whole images into calls of at most ``CoCoOpModel.max_text_batch`` prompts,
-which gives the same numbers.  Only the prompt learner is optimised and
+(truncated to the longest prompt) instead of the official loop over images;
+the prompt start shared by an image's classes (SOS + its context) is encoded
+once per image (exact under CLIP's causal mask, docs/performance.md); a very
+large B*C (e.g. evaluation batches on ImageNet) is split by whole images into
+calls of at most ``CoCoOpModel.max_text_batch`` prompts, which gives the same
+numbers.  Only the prompt learner is optimised and
 checkpointed (as ``prompt_learner``).
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 
 from dassl_compat import TRAINER_REGISTRY
 from trainers.base import ClipTrainer
-from trainers.clip_helpers import ImageEncoder, TextEncoder, clip_logits
+from trainers.clip_helpers import ImageEncoder, TextEncoder, clip_logits, supports_shared_prefix
 from trainers.config import register_trainer_config
 from trainers.prompts import assemble_per_image, build_prompt_parts, make_context, register_class_buffers
 from user_errors import UserError
@@ -60,10 +62,19 @@ class CoCoOpPromptLearner(nn.Module):
         self.n_ctx = parts.n_ctx
         self.prompt_prefix = parts.prompt_prefix
 
+    def shifted_context(self, image_features):
+        """Normalised image features [B, E] -> (per-image context ctx + pi_b [B, n_ctx, D], pi [B, D])."""
+        bias = self.meta_net(image_features.to(self.meta_net.linear1.weight.dtype))
+        return self.ctx.unsqueeze(0) + bias.unsqueeze(1), bias  # same shift for every token
+
+    def prefixes(self, ctx_shifted):
+        """The prompt start shared by all classes of an image: SOS + its context [B, 1 + n_ctx, D]."""
+        sos = self.token_prefix[:1].expand(ctx_shifted.shape[0], -1, -1)  # SOS, identical for every class
+        return torch.cat([sos, ctx_shifted.to(sos.dtype)], dim=1)
+
     def forward(self, image_features):
         """Normalised image features [B, E] -> (prompts [B, C, L, D], shift pi [B, D])."""
-        bias = self.meta_net(image_features.to(self.meta_net.linear1.weight.dtype))
-        ctx_shifted = self.ctx.unsqueeze(0) + bias.unsqueeze(1)  # same shift for every token
+        ctx_shifted, bias = self.shifted_context(image_features)
         prompts = assemble_per_image(self.token_prefix, ctx_shifted, self.token_suffix)
         return prompts, bias
 
@@ -80,6 +91,8 @@ class CoCoOpModel(nn.Module):
         self.image_encoder = ImageEncoder(clip_model)
         self.text_encoder = TextEncoder(clip_model)
         self.logit_scale = clip_model.logit_scale
+        #: encode each image's shared prompt start once (False: every prompt in full)
+        self.shared_prefix = supports_shared_prefix(self.text_encoder)
 
     def learnable_module(self):
         return self.prompt_learner
@@ -87,6 +100,25 @@ class CoCoOpModel(nn.Module):
     def encode_images(self, images):
         with torch.no_grad():  # frozen and upstream of every learnable parameter
             return self.image_encoder(images)
+
+    def encode_context(self, ctx_shifted):
+        """Per-image context [B, n_ctx, D] -> text features [B, C, E] of every class prompt.
+
+        The prompt start (SOS + context) is shared by all classes of an image:
+        it is encoded once per image and the class tokens attend to it
+        (``TextEncoder`` shared-prefix encoding, exact under the causal mask);
+        calls hold at most ``max_text_batch`` prompts (whole images).
+        """
+        learner = self.prompt_learner
+        if not self.shared_prefix:
+            prompts = assemble_per_image(learner.token_prefix, ctx_shifted, learner.token_suffix)
+            return self.encode_prompts(prompts)
+        n_cls = learner.token_suffix.shape[0]
+        per_call = max(1, self.max_text_batch // n_cls)
+        prefixes = learner.prefixes(ctx_shifted)
+        feats = [self.text_encoder(chunk, learner.tokenized_prompts, suffix=learner.token_suffix)
+                 for chunk in prefixes.split(per_call, dim=0)]
+        return torch.cat(feats, dim=0) if len(feats) > 1 else feats[0]
 
     def encode_prompts(self, prompts):
         """Per-image prompts [B, C, L, D] -> text features [B, C, E] in batched calls."""
@@ -104,9 +136,8 @@ class CoCoOpModel(nn.Module):
 
     def _forward(self, images):
         image = self.encode_images(images)
-        prompts, bias = self.prompt_learner(F.normalize(image.float(), dim=-1))
-        text = self.encode_prompts(prompts)
-        return image, prompts, bias, text
+        ctx_shifted, bias = self.prompt_learner.shifted_context(F.normalize(image.float(), dim=-1))
+        return image, ctx_shifted, bias, self.encode_context(ctx_shifted)
 
     def forward(self, images):
         image, _, _, text = self._forward(images)
@@ -118,10 +149,11 @@ class CoCoOpModel(nn.Module):
 
     def inspect(self, images):
         """Named intermediate tensors (for parity checks and debugging)."""
-        image, prompts, bias, text = self._forward(images)
+        image, ctx_shifted, bias, text = self._forward(images)
+        learner = self.prompt_learner
         return {
             "meta_net_bias": bias,
-            "prompt_embeddings": prompts,
+            "prompt_embeddings": assemble_per_image(learner.token_prefix, ctx_shifted, learner.token_suffix),
             "image_features_raw": image,
             "text_features_raw": text,
             "logits": clip_logits(image, text, self.logit_scale),

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from dassl_compat import TRAINER_REGISTRY, DataManager, get_logger
 from trainers.base import ClipTrainer
-from trainers.clip_helpers import ImageEncoder, TextEncoder, clip_logits, is_vit
+from trainers.clip_helpers import ImageEncoder, TextEncoder, clip_logits, is_vit, supports_shared_prefix
 from trainers.config import register_trainer_config
 from trainers.gopro_views import GOProDatasetWrapper
 from trainers.prompts import assemble_per_image, build_prompt_parts, make_context, register_class_buffers
@@ -212,6 +212,11 @@ class GOProLearner(nn.Module):
         """Per-image context [N, M, D] -> prompt embeddings [N, C, L, D]."""
         return assemble_per_image(self.token_prefix, ctx, self.token_suffix)
 
+    def prefixes(self, ctx: torch.Tensor) -> torch.Tensor:
+        """The prompt start shared by all classes of an image: SOS + its context [N, 1 + M, D]."""
+        sos = self.token_prefix[:1].expand(ctx.shape[0], -1, -1)  # SOS, identical for every class
+        return torch.cat([sos, ctx.to(sos.dtype)], dim=1)
+
 
 # ----------------------------------------------------------------------------
 # the model
@@ -239,6 +244,8 @@ class GOProModel(nn.Module):
         self.temperature = float(node.CON_TEMPERATURE)
         self.proj_in_ce = bool(node.PROJ_IN_CE)
         self.text_batch_size = int(node.TEXT_BATCH_SIZE)
+        #: encode each image's shared prompt start once (False: every prompt in full)
+        self.shared_prefix = supports_shared_prefix(self.text_encoder)
         self._warned_small_batch = False
 
     def learnable_module(self):
@@ -251,21 +258,28 @@ class GOProModel(nn.Module):
             feats, tokens = self.image_encoder(images, return_block_tokens=True)
         return feats.float(), tokens
 
-    def encode_text(self, prompts: torch.Tensor) -> torch.Tensor:
-        """Prompts [N, C, L, D] -> L2-normalised text features [N, C, E].
+    def encode_text(self, ctx: torch.Tensor) -> torch.Tensor:
+        """Per-image context [N, M, D] -> L2-normalised text features [N, C, E] of every class.
 
-        One batched text-encoder call over all N*C prompts (truncated to the
-        longest end-of-text), or calls of at most TEXT_BATCH_SIZE prompts
-        (whole images) when that is set.
+        One batched text-encoder call (truncated to the longest end-of-text),
+        or calls of at most TEXT_BATCH_SIZE prompts (whole images).  The
+        prompt start shared by an image's classes (SOS + context) is encoded
+        once per image and the class tokens attend to it (``TextEncoder``
+        shared-prefix encoding, exact under CLIP's causal mask).
         """
-        n, n_cls = prompts.shape[:2]
-        tokenized = self.learner.tokenized_prompts
+        learner = self.learner
+        n, n_cls = ctx.shape[0], learner.token_suffix.shape[0]
         per_call = n if self.text_batch_size <= 0 else max(1, self.text_batch_size // n_cls)
         outs = []
-        for chunk in prompts.split(per_call, dim=0):
-            flat = chunk.reshape(-1, *chunk.shape[2:])
-            tok = tokenized.repeat(chunk.shape[0], 1)
-            outs.append(self.text_encoder(flat, tok).float().view(chunk.shape[0], n_cls, -1))
+        for chunk in ctx.split(per_call, dim=0):
+            if self.shared_prefix:
+                out = self.text_encoder(learner.prefixes(chunk), learner.tokenized_prompts,
+                                        suffix=learner.token_suffix)
+            else:
+                prompts = learner.prompts(chunk)
+                flat = prompts.reshape(-1, *prompts.shape[2:])
+                out = self.text_encoder(flat, learner.tokenized_prompts.repeat(chunk.shape[0], 1))
+            outs.append(out.float().view(chunk.shape[0], n_cls, -1))
         return F.normalize(torch.cat(outs), dim=-1)
 
     # ---------------------------------------------------------- projections
@@ -299,7 +313,7 @@ class GOProModel(nn.Module):
         """Evaluation: the original view only, one per-image text encoding (D3 fixed)."""
         feats, tokens = self.encode_images(images)
         ctx = self.learner.generate(tokens)["ctx"]
-        text = self.encode_text(self.learner.prompts(ctx))
+        text = self.encode_text(ctx)
         return self.class_logits(feats, text)
 
     @staticmethod
@@ -322,8 +336,8 @@ class GOProModel(nn.Module):
         batch = views[0].shape[0]
         feats, tokens = self.encode_images(torch.cat(views))
         ctx = self.learner.generate(tokens, views=3)["ctx"]
-        # all views' per-image prompts in one text-encoder call: [3*B*C, L, D]
-        text = self.encode_text(self.learner.prompts(ctx))
+        # all views' per-image prompt sets in one text-encoder call (3*B images x C classes)
+        text = self.encode_text(ctx)
         f1, f2, _ = feats.split(batch)
         t1, t2, t3 = text.split(batch)
 
@@ -369,7 +383,7 @@ class GOProModel(nn.Module):
         feats, tokens = self.encode_images(images)
         gen = self.learner.generate(tokens)
         prompts = self.learner.prompts(gen["ctx"])
-        text = self.encode_text(prompts)
+        text = self.encode_text(gen["ctx"])
         shift = gen["shift"]
         return {
             "vision_layer_tokens": tokens,

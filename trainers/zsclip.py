@@ -61,7 +61,7 @@ class ZeroShotModel(nn.Module):
         feats = []
         with torch.no_grad():
             for template in templates:
-                tokens = tokenize([template.format(n) for n in names])
+                tokens = tokenize([template.format(n) for n in names]).to(clip_model.token_embedding.weight.device)
                 feats.append(F.normalize(clip_model.encode_text(tokens).float(), dim=-1))
         text = torch.stack(feats).mean(0)
         self.register_buffer("text_features", F.normalize(text, dim=-1), persistent=False)
@@ -93,6 +93,8 @@ class ZeroshotCLIP(ClipTrainer):
     def build_model(self):
         clip_model, self.precision = self.load_backbone(self.cfg, self.device)
         check_input_size(self.cfg, clip_model)
+        # encode the class prompts on the run's device (fp16 weights on CUDA; never fp16 on the CPU)
+        clip_model.to(self.device)
         self.model = self.build_clip_model(self.cfg, self.dm.dataset.classnames, clip_model)
         print(f"Prompt templates: {list(self.model.templates)}")
         self.model.to(self.device)
