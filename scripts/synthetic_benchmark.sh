@@ -13,7 +13,7 @@
 # common short schedule for the tiny model passed as KEY VALUE opts (they win over the configs):
 # 16 shots, SYN_EPOCHS epochs (default 4, the first a warm-up), batch 8, 32x32 inputs, MaPLe's
 # prompt depth capped at the tiny model's 3 layers, random-resized crops of at least half the image
-# (objects fill a good part of a 32-pixel image).  About 20-30 minutes on 2 CPU cores.
+# (objects fill a good part of a 32-pixel image).  About 30 minutes on 2 CPU cores (37 measured on a machine busy with other jobs).
 #
 # Environment: SEEDS (default 1,2,3), TRAINERS (default all five), SYN_EPOCHS (default 4),
 #   DATA (default <repo>/data), OUTPUT (default <repo>/output/synthetic_benchmark),
@@ -53,7 +53,7 @@ bash "$REPO_ROOT/scripts/compare.sh" dg \
     "$SEEDS" "$TRAINERS" "${OPTS[@]}" || status=1
 minutes=$(( ($(date +%s) - start + 59) / 60 ))
 
-"$PYTHON" - "$REPO_ROOT" "$OUTPUT/compare" "$RESULTS" "$minutes" "$SEEDS" "$SYN_EPOCHS" "$(nproc)" <<'EOF'
+"$PYTHON" - "$REPO_ROOT" "$OUTPUT/compare" "$RESULTS" "$minutes" "$SEEDS" "$SYN_EPOCHS" "$(getconf _NPROCESSORS_ONLN)" <<'EOF'
 import json, os, sys
 
 repo, compare, results, minutes, seeds, epochs, cores = sys.argv[1:]
