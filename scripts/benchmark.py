@@ -162,15 +162,31 @@ class MemoryMeter:
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # reset the high-water mark to the current RSS
-        except OSError:
-            pass
-        self.base = self._status_kb("VmRSS") / 1024
+            self.base = self._status_kb("VmRSS") / 1024
+        except (OSError, KeyError):  # no Linux /proc: the lifetime peak, an upper bound
+            if not getattr(MemoryMeter, "_warned", False):
+                log("cannot reset the RSS high-water mark here: CPU peak memory is the process's lifetime peak")
+                MemoryMeter._warned = True
+            self.base = self._current_rss_mb()
+
+    @staticmethod
+    def _current_rss_mb():
+        try:
+            return MemoryMeter._status_kb("VmRSS") / 1024
+        except (OSError, KeyError):
+            return 0.0
 
     def peak_mb(self):
         if self.cuda:
             self.torch.cuda.synchronize()
             return self.torch.cuda.max_memory_allocated() / 2 ** 20 - self.base
-        return self._status_kb("VmHWM") / 1024 - self.base
+        try:
+            return self._status_kb("VmHWM") / 1024 - self.base
+        except (OSError, KeyError):
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            return peak / (2 ** 20 if sys.platform == "darwin" else 1024) - self.base
 
 
 def _sync(device):

@@ -4,7 +4,7 @@ Over N_CTX, CTX_INIT, the init style and class names (unicode, punctuation,
 CLIP's special tokens, names far beyond the 77-token context), building the
 prompt parts either succeeds with consistent shapes, or fails with a one-line
 :class:`UserError` exactly when the input cannot be represented (no silent
-truncation: docs/when_a_run_fails.md).
+truncation: README "When a run fails").
 """
 from __future__ import annotations
 

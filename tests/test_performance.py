@@ -269,3 +269,29 @@ def test_forwards_make_no_host_round_trips(module_name, name):
                  if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
         bad = sorted(set(calls) & set(HOST_SYNC))
         assert not bad, f"{name}.{fn.__name__} calls {bad}: a host <-> device round trip in the forward"
+
+
+def test_benchmark_script_runs_and_reports_every_field(tmp_path):
+    """scripts/benchmark.py end to end on the tiny architecture (a smoke test, not a timing)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_script", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--arch", "tiny", "--classes", "5", "--trainers", "GOPro", "--repeats", "1",
+                    "--eval-batch", "2", "--in-process", "--threads", "1", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)  # --threads is process-wide
+    record = json.loads(out.read_text())["trainers"]["GOPro"]
+    for path_name in ("ours", "reference"):
+        assert {"train_s_per_step", "eval_s_per_img", "peak_mem_mb"} <= set(record[path_name])
+    assert record["speedup_train"] > 0 and record["speedup_eval"] > 0
+    assert record["max_rel_diff"]["logits"] < 1e-4 and record["max_rel_diff"]["loss"] < 1e-4
+    assert set(record["max_abs_diff"]["losses"]) == {"ce", "sem", "con", "total"}
+    assert record["seq_len"] < record["context_length"] == 77
