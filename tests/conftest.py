@@ -44,3 +44,39 @@ def last_accuracy(log_text):
     values = re.findall(r"^\* accuracy: ([\d.]+)%", log_text, flags=re.M)
     assert values, "no '* accuracy:' line in the log"
     return float(values[-1])
+
+
+def method_cfg(node_name, **node):
+    """Our default config on the tiny CLIP in fp32, with ``TRAINER.<node_name>`` keys overridden."""
+    from trainers.config import default_cfg
+
+    cfg = default_cfg()
+    cfg.MODEL.BACKBONE.NAME = "tiny"
+    cfg.TRAINER[node_name].PREC = "fp32"
+    for key, value in node.items():
+        cfg.TRAINER[node_name][key] = value
+    return cfg
+
+
+def perturb(module, seed=5, scale=0.05):
+    """Move every learnable tensor away from its initial value (deterministically)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
+def random_images(n=3, seed=2, size=32):
+    import torch
+
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def offline_trainer(trainer_name, root, out, *opts):
+    """A trainer on the embedded offline default, built but not trained."""
+    import train
+
+    return train.main(["--root", root, "--trainer", trainer_name, "--output-dir", str(out), "--no-train",
+                       "DATASET.NUM_SHOTS", "2", *opts])

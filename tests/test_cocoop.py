@@ -5,40 +5,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import train
 from dassl_compat import load_checkpoint
 from trainers.clip_helpers import PRECISIONS
 from trainers.cocoop import CoCoOp, CoCoOpModel
-from trainers.config import default_cfg
+from conftest import method_cfg, offline_trainer, perturb, random_images
 
 CLASSNAMES = ["dog", "sea_turtle", "forklift", "golden retriever", "air conditioner"]
 
 
 def _cfg(**node):
-    cfg = default_cfg()
-    cfg.MODEL.BACKBONE.NAME = "tiny"
-    cfg.TRAINER.COCOOP.PREC = "fp32"
-    for key, value in node.items():
-        cfg.TRAINER.COCOOP[key] = value
-    return cfg
-
-
-def _perturb(module, seed=5, scale=0.05):
-    """Move every learnable tensor away from its initial value (deterministically)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen))
-
-
-def _images(n=3, seed=2):
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    defaults = {"PROMPT_DEPTH": 3} if "COCOOP" == "MAPLE" else {}
+    return method_cfg("COCOOP", **{**defaults, **node})
 
 
 def _trainer(root, out, *opts):
     """A CoCoOp trainer on the embedded offline default, built but not trained."""
-    return train.main(["--root", root, "--trainer", "CoCoOp", "--output-dir", str(out), "--no-train",
-                       "DATASET.NUM_SHOTS", "2", *opts])
+    return offline_trainer("CoCoOp", root, out, *opts)
 
 
 # --------------------------------------------------------------------------- parity
@@ -54,8 +36,8 @@ def test_parity_fixture(shared_dir):
 # ------------------------------------------------------------------ model behaviour
 def test_batched_text_path_equals_a_per_image_loop(tiny_clip):
     model = CoCoOpModel(_cfg(N_CTX=4, CTX_INIT="a photo of a"), CLASSNAMES, tiny_clip)
-    _perturb(model.prompt_learner)
-    images = _images()
+    perturb(model.prompt_learner)
+    images = random_images()
     with torch.no_grad():
         image = model.encode_images(images)
         prompts, bias = model.prompt_learner(F.normalize(image, dim=-1))
@@ -78,7 +60,7 @@ def test_batched_text_path_equals_a_per_image_loop(tiny_clip):
 
 def test_meta_net_is_fed_the_normalised_image_feature(tiny_clip):
     model = CoCoOpModel(_cfg(N_CTX=4, CTX_INIT="a photo of a"), CLASSNAMES, tiny_clip)
-    images = _images()
+    images = random_images()
     with torch.no_grad():
         parts = model.inspect(images)
         unit = F.normalize(parts["image_features_raw"], dim=-1)
@@ -97,7 +79,7 @@ def test_other_context_settings_and_class_names_build_and_run(tiny_clip, n_ctx, 
     learner = model.prompt_learner
     assert learner.ctx.shape == (expected_n, tiny_clip.ln_final.weight.shape[0])
     assert learner.prompt_prefix == prefix
-    images = _images(2)
+    images = random_images(2)
     logits, terms = model.forward_train(images, torch.tensor([0, 2]))
     assert logits.shape == (2, 3)
     assert torch.isfinite(terms["ce"])
@@ -116,7 +98,7 @@ def test_every_prec_runs_on_cpu(prec):
     cfg.TRAINER.COCOOP.PREC = prec
     clip_model, precision = CoCoOp.load_backbone(cfg, "cpu")
     model = CoCoOp.build_clip_model(cfg, CLASSNAMES, clip_model)
-    images, labels = _images(), torch.tensor([0, 3, 1])
+    images, labels = random_images(), torch.tensor([0, 3, 1])
     with precision.autocast():
         logits, terms = model.forward_train(images, labels)
     terms["ce"].backward()

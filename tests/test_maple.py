@@ -4,10 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import train
 from dassl_compat import load_checkpoint
 from trainers.clip_helpers import PRECISIONS
-from trainers.config import default_cfg
+from conftest import method_cfg, offline_trainer, perturb, random_images
 from trainers.maple import MaPLe, MaPLeModel
 from user_errors import UserError
 
@@ -15,30 +14,12 @@ CLASSNAMES = ["dog", "sea_turtle", "forklift", "golden retriever", "air conditio
 
 
 def _cfg(**node):
-    cfg = default_cfg()
-    cfg.MODEL.BACKBONE.NAME = "tiny"
-    cfg.TRAINER.MAPLE.PREC = "fp32"
-    cfg.TRAINER.MAPLE.PROMPT_DEPTH = 3
-    for key, value in node.items():
-        cfg.TRAINER.MAPLE[key] = value
-    return cfg
-
-
-def _perturb(module, seed=5, scale=0.05):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen))
-
-
-def _images(n=3, seed=2):
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    return method_cfg("MAPLE", **{"PROMPT_DEPTH": 3, **node})
 
 
 def _trainer(root, out, *opts):
     """A MaPLe trainer on the embedded offline default, built but not trained."""
-    return train.main(["--root", root, "--trainer", "MaPLe", "--output-dir", str(out), "--no-train",
-                       "DATASET.NUM_SHOTS", "2", *opts])
+    return offline_trainer("MaPLe", root, out, *opts)
 
 
 # --------------------------------------------------------------------------- parity
@@ -88,9 +69,9 @@ def _reference(clip, learner, images):
 def test_every_prompt_depth_matches_the_reference(tiny_clip, depth):
     model = MaPLeModel(_cfg(PROMPT_DEPTH=depth), CLASSNAMES, tiny_clip)
     learner = model.prompt_learner
-    _perturb(learner)
+    perturb(learner)
     assert len(learner.compound_prompts_text) == len(learner.visual_prompt_proj) == depth - 1
-    images = _images()
+    images = random_images()
     with torch.no_grad():
         parts = model.inspect(images)
         text, image = _reference(tiny_clip, learner, images)
@@ -101,7 +82,7 @@ def test_every_prompt_depth_matches_the_reference(tiny_clip, depth):
 
 def test_deep_prompts_are_used(tiny_clip):
     model = MaPLeModel(_cfg(PROMPT_DEPTH=2), CLASSNAMES, tiny_clip)
-    images = _images()
+    images = random_images()
     with torch.no_grad():
         before = model(images)
         model.prompt_learner.compound_prompts_text[0].add_(0.5)
@@ -139,14 +120,14 @@ def test_prompt_text_follows_the_official_rule(tiny_clip, n_ctx, expected_prefix
         torch.testing.assert_close(learner.ctx, init_emb[1:1 + n_ctx])
     # fixed part of the prompt: the words after the context, then the class name
     torch.testing.assert_close(learner.token_suffix[0], init_emb[1 + n_ctx:learner.token_suffix.shape[1] + 1 + n_ctx])
-    logits, terms = model.forward_train(_images(2), torch.tensor([1, 0]))
+    logits, terms = model.forward_train(random_images(2), torch.tensor([1, 0]))
     assert logits.shape == (2, 2) and torch.isfinite(terms["ce"])
 
 
 def test_eval_cache_gives_the_same_logits(tiny_clip):
     model = MaPLeModel(_cfg(PROMPT_DEPTH=2), CLASSNAMES, tiny_clip)
-    _perturb(model.prompt_learner)
-    images = _images()
+    perturb(model.prompt_learner)
+    images = random_images()
     with torch.no_grad():
         plain = model(images)
         model.begin_eval()
@@ -157,8 +138,8 @@ def test_eval_cache_gives_the_same_logits(tiny_clip):
 
 def test_fp16_prompt_cast_variant_is_close_but_rounded(tiny_clip):
     model = MaPLeModel(_cfg(), CLASSNAMES, tiny_clip)
-    _perturb(model.prompt_learner)
-    images = _images()
+    perturb(model.prompt_learner)
+    images = random_images()
     with torch.no_grad():
         plain = model(images)
         model.fp16_prompt_cast = True
@@ -173,7 +154,7 @@ def test_every_prec_runs_on_cpu(prec):
     cfg.TRAINER.MAPLE.PREC = prec
     clip_model, precision = MaPLe.load_backbone(cfg, "cpu")
     model = MaPLe.build_clip_model(cfg, CLASSNAMES, clip_model)
-    images, labels = _images(), torch.tensor([0, 3, 1])
+    images, labels = random_images(), torch.tensor([0, 3, 1])
     with precision.autocast():
         logits, terms = model.forward_train(images, labels)
     terms["ce"].backward()
