@@ -25,6 +25,7 @@ datasets are in ``datasets/synthetic_benchmarks.py``.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -37,6 +38,11 @@ from PIL import Image
 from dassl_compat import DATASET_REGISTRY, Datum, get_logger, mkdir_if_missing, write_json
 from datasets import synthetic_world as world
 from datasets.coop_common import CoOpFewShotDataset, DatasetError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: runs sharing a folder must not start together
+    fcntl = None
 
 logger = get_logger("data.synthetic")
 
@@ -102,6 +108,21 @@ def _generate(dataset_dir, split_path, class_names, styles, per_style, seed, bat
     os.replace(tmp, split_path)
 
 
+@contextlib.contextmanager
+def _generation_lock(dataset_dir):
+    """Hold an exclusive lock on ``<dataset_dir>.lock`` (runs started together generate a folder once)."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    mkdir_if_missing(osp.dirname(osp.abspath(dataset_dir)))
+    with open(osp.abspath(dataset_dir) + ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class SyntheticDataset(CoOpFewShotDataset):
     """A CoOp-style dataset whose folder is generated on first use.
 
@@ -149,17 +170,28 @@ class SyntheticDataset(CoOpFewShotDataset):
                 "styles": list(self.styles), "per_style": dict(self.per_style), "camera": self.camera}
 
     def check_files(self, cfg):
-        info_path = osp.join(self.dataset_dir, GENERATOR_FILE)
         if osp.exists(self.dataset_dir) and not osp.isdir(self.dataset_dir):
             raise DatasetError(f"{self.dataset_dir} is a file: DATASET.ROOT must be a folder")
+        if self._is_current():  # the common case: no lock needed to read
+            return
+        with _generation_lock(self.dataset_dir):
+            # another run may have generated the folder while this one waited for the lock
+            if not self._is_current():
+                self._regenerate()
+
+    def _is_current(self) -> bool:
+        if not osp.exists(self.split_path):
+            return False
+        try:
+            with open(osp.join(self.dataset_dir, GENERATOR_FILE)) as f:
+                return json.load(f) == self._generator_info()
+        except (OSError, ValueError):
+            return False
+
+    def _regenerate(self):
+        info_path = osp.join(self.dataset_dir, GENERATOR_FILE)
         info = self._generator_info()
         if osp.exists(self.split_path):
-            try:
-                with open(info_path) as f:
-                    if json.load(f) == info:
-                        return
-            except (OSError, ValueError):
-                pass
             logger.warning("%s under %s was made by another generator version: regenerating it",
                            type(self).__name__, self.dataset_dir)
             for cache in glob.glob(osp.join(self.dataset_dir, "split_fewshot*", "shot_*-seed_*.pkl")):
@@ -168,8 +200,10 @@ class SyntheticDataset(CoOpFewShotDataset):
         mkdir_if_missing(self.dataset_dir)
         generate(self.dataset_dir, self.split_path, self.class_names(), self.styles, self.per_style,
                  self.generator_seed, camera=self.camera)
-        with open(info_path, "w") as f:
+        tmp = info_path + ".tmp"
+        with open(tmp, "w") as f:
             json.dump(info, f, indent=1)
+        os.replace(tmp, info_path)
 
     # -- styles as domains ----------------------------------------------------
     def load_split(self):

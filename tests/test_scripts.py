@@ -258,3 +258,26 @@ def test_every_trainer_config_merges():
                 assert cfg.TRAINER.MAPLE.PROMPT_DEPTH == want["DEPTH"] and cfg.TRAINER.MAPLE.N_CTX == 2
             if "COOP_CTX" in want:
                 assert cfg.TRAINER.COOP.CTX_INIT == want["COOP_CTX"]
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_synthetic_benchmark_runs_gopro_beside_the_others(tmp_path, jobs):
+    """JOBS=2 splits the runs into a GOPro worker and one for the rest; a dry run writes no results."""
+    results = tmp_path / "results.md"
+    env = {"DATA": str(tmp_path / "data"), "OUTPUT": str(tmp_path / "out"), "RESULTS": str(results),
+           "DRY_RUN": "1", "SEEDS": "1", "JOBS": jobs, "PYTHON": sys.executable}
+    result = _run("synthetic_benchmark.sh", env=env)
+    assert not results.exists() and "(dry run) then: write" in result.stdout
+
+    def trainers(text):
+        return {_flag(line.split(), "--trainer") for line in text.splitlines()
+                if line.startswith("(dry run) ") and " train.py " in line}
+
+    # the final pass covers every method (in a real run, every job is then already finished and skipped)
+    assert trainers(result.stdout) == {"ZeroshotCLIP", "CoOp", "CoCoOp", "MaPLe", "GOPro"}
+    logs = tmp_path / "out" / "logs"
+    if jobs == "1":
+        assert not logs.exists()
+    else:
+        assert trainers((logs / "GOPro.log").read_text()) == {"GOPro"}
+        assert trainers((logs / "others.log").read_text()) == {"ZeroshotCLIP", "CoOp", "CoCoOp", "MaPLe"}

@@ -110,3 +110,36 @@ def test_generation_is_deterministic_and_versioned(tmp_path):
 def test_bad_domain_is_a_clear_error(root):
     with pytest.raises(DatasetError, match="unknown SyntheticObjects domain 'skecth'.*photo, sketch"):
         _load("SyntheticObjects", root, TARGET_DOMAINS=["skecth"])
+
+
+def test_runs_started_together_generate_a_folder_once(tmp_path, monkeypatch):
+    """Parallel runs (e.g. the synthetic benchmark's two workers) share the folder: one generates it."""
+    import threading
+    import time
+
+    real_generate = synthetic.generate
+    calls = []
+
+    def slow_generate(*args, **kwargs):
+        calls.append(threading.get_ident())
+        time.sleep(0.5)  # long enough for the other run to find the folder half-made
+        real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "generate", slow_generate)
+    loaded, errors = [], []
+
+    def load():
+        try:
+            loaded.append(_load("SyntheticObjects", tmp_path, shots=2))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(loaded) == 2
+    assert len(calls) == 1
+    assert [d.impath for d in loaded[0].train_x] == [d.impath for d in loaded[1].train_x]
+    assert not (tmp_path / "synthetic_objects" / (synthetic.GENERATOR_FILE + ".tmp")).exists()
