@@ -238,7 +238,7 @@ class SyntheticShapes(SyntheticDataset):
     split_file = "split_zhou_SyntheticShapes.json"
     styles = STYLES
     #: images per class and style in each split
-    per_style = {"train": 6, "val": 2, "test": 4}
+    per_style = {"train": 6, "val": 2, "test": 20}
 
     @classmethod
     def class_names(cls):

@@ -45,6 +45,18 @@ def test_dry_run_uses_each_method_s_official_config_and_the_same_seeds(tmp_path)
     assert "--trainers ZeroshotCLIP,CoOp,CoCoOp,MaPLe,GOPro --seeds 1,2 --shots 16" in out
 
 
+def test_offline_preset_uses_the_pretrained_tiny_clip_and_later_opts_win(tmp_path):
+    proc = compare(tmp_path, "offline", "CoOp", "MODEL.BACKBONE.NAME", "tiny", DRY_RUN="1")
+    assert proc.returncode == 0, proc.stderr
+    commands = [line.split() for line in proc.stdout.splitlines()
+                if line.startswith("(dry run)") and "train.py" in line]
+    assert len(commands) == 2  # CoOp: train on the base classes, test on the new ones
+    for cmd in commands:
+        names = [cmd[i + 1] for i, tok in enumerate(cmd) if tok == "MODEL.BACKBONE.NAME"]
+        assert names == ["tiny-synthetic", "tiny"]  # the preset, then the user's choice
+        assert "configs/datasets/synthetic_shapes.yaml" in cmd and "--seed" in cmd
+
+
 @pytest.mark.parametrize("args, message", [
     (["nope", "synthetic_shapes", "1"], "unknown protocol"),
     (["base2new", "synthetic_shapes"], "usage"),

@@ -91,7 +91,7 @@ def test_cross_dataset_target_is_another_concept_family(root):
 def test_generation_is_deterministic_and_versioned(tmp_path):
     a = _load("SyntheticShapes", tmp_path / "a", shots=16)
     b = _load("SyntheticShapes", tmp_path / "b", shots=16)
-    assert a.num_classes == 12 and len(a.test) == 12 * 3 * 4
+    assert a.num_classes == 12 and len(a.test) == 12 * 3 * 20
     for item_a, item_b in zip(a.test, b.test):
         with open(item_a.impath, "rb") as fa, open(item_b.impath, "rb") as fb:
             assert fa.read() == fb.read()
