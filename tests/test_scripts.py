@@ -59,6 +59,7 @@ def test_cocoop_base2new_train_then_test_then_skip(env, tmp_path):
 
     test = _run("cocoop/base2new_test.sh", "synthetic_shapes", 1, *TINY, env=env, cwd=tmp_path)
     test_dir = out / "base2new/test_new" / tail
+    assert f"Evaluate and save the output to {test_dir}" in test.stdout
     log = (test_dir / "log.txt").read_text()
     assert f'from "{train_dir}/prompt_learner/model.pth.tar-1"' in log  # LOAD_EPOCH follows OPTIM.MAX_EPOCH
     assert "SUBSAMPLE NEW CLASSES!" in log and "* accuracy:" in log
