@@ -62,6 +62,9 @@ all_protocols() { # TRAINERS: the three protocols for these trainers (tables pri
 start=$(date +%s)
 status=0
 side_by_side=1
+resumed=()
+# runs finished by an earlier invocation are skipped: then the time below is not the whole benchmark's
+[[ -d "$OUTPUT/base2new" || -d "$OUTPUT/synthetic_objects" || -d "$OUTPUT/evaluation" ]] && resumed=(--resumed)
 # JOBS=2: GOPro (three views per image: about half of all the training time) runs beside the other
 # methods, each worker on its own core; their logs go to $OUTPUT/logs/.  The datasets are generated
 # once (under a lock) by whichever run needs them first.  A last sequential pass, in which every run
@@ -88,5 +91,5 @@ fi
 
 "$PYTHON" "$REPO_ROOT/tools/synthetic_report.py" "$OUTPUT/compare" --results "$RESULTS" --readme "$README_FILE" \
     --minutes "$minutes" --seeds "$SEEDS" --epochs "$SYN_EPOCHS" --cores "$(getconf _NPROCESSORS_ONLN)" \
-    --jobs "$side_by_side" || status=1
+    --jobs "$side_by_side" "${resumed[@]}" || status=1
 exit $status

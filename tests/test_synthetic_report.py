@@ -25,6 +25,9 @@ def test_report_holds_the_saved_tables_and_says_what_is_missing(tmp_path):
     assert "(no table:" in report and "dg.md was not written" in report
     assert "this run: 21 min on 2 CPU cores, 2 runs at a time" in report
     assert "Synthetic data, tiny model" in report  # labelled as synthetic
+    assert "resumed" not in report
+    resumed = sr.render(str(tmp_path / "compare"), minutes=1, seeds="1", epochs=4, cores=2, jobs=1, resumed=True)
+    assert "this run: 1 min on 2 CPU cores; it resumed an earlier run" in resumed and "not the whole time" in resumed
 
 
 def test_main_writes_docs_and_only_the_readme_section(tmp_path):

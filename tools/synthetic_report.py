@@ -46,9 +46,11 @@ class ReportError(Exception):
 
 
 def render(compare_dir: str, minutes: int, seeds: str, epochs: int, cores: int, jobs: int,
-           sidecar: str = SIDECAR) -> str:
+           sidecar: str = SIDECAR, resumed: bool = False) -> str:
     """The report as markdown (a level-1 title, a level-2 heading per protocol)."""
     parallel = f", {jobs} runs at a time" if jobs > 1 else ""
+    if resumed:
+        parallel += "; it resumed an earlier run, whose finished runs it skipped, so this is not the whole time"
     out = [
         "# Synthetic benchmark results",
         "",
@@ -131,8 +133,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--cores", type=int, required=True)
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--resumed", action="store_true", help="the run skipped runs finished before it")
     args = parser.parse_args(argv)
-    report = render(args.compare_dir, args.minutes, args.seeds, args.epochs, args.cores, args.jobs)
+    report = render(args.compare_dir, args.minutes, args.seeds, args.epochs, args.cores, args.jobs,
+                    resumed=args.resumed)
     try:
         if args.readme:
             with open(args.readme) as f:
