@@ -80,3 +80,45 @@ def offline_trainer(trainer_name, root, out, *opts):
 
     return train.main(["--root", root, "--trainer", trainer_name, "--output-dir", str(out), "--no-train",
                        "DATASET.NUM_SHOTS", "2", *opts])
+
+
+def one_step_run(trainer, out):
+    """One training step of ``trainer`` on its first batch, then its checkpoint saved under ``out``.
+
+    Returns the trainer, ``out``, the names of its learnable parameters, its state before the
+    step and the step's loss summary.
+    """
+    learnable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.set_model_mode("train")
+    trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, len(trainer.train_loader_x)
+    summary = trainer.forward_backward(next(iter(trainer.train_loader_x)))
+    trainer.save_model(0, str(out))
+    return dict(trainer=trainer, out=out, learnable=learnable, before=before, summary=summary)
+
+
+def assert_step_changed_only_the_prompt_learner(run):
+    """The learnable parameters are the prompt learner's, the loss is finite, and only they moved."""
+    import torch
+
+    trainer = run["trainer"]
+    assert run["learnable"] == {"prompt_learner." + n for n, _ in trainer.model.prompt_learner.named_parameters()}
+    assert torch.isfinite(torch.tensor(run["summary"]["loss"]))
+    after = trainer.model.state_dict()
+    changed = {k for k, v in run["before"].items() if not torch.equal(v, after[k])}
+    assert changed == run["learnable"]
+
+
+def assert_reload_reproduces_logits(run, fresh):
+    """``fresh``, a new trainer of the same setup, differs from ``run``'s until it loads its checkpoint."""
+    import torch
+
+    trainer = run["trainer"]
+    images = next(iter(trainer.test_loader))["img"][:4]
+    trainer.set_model_mode("eval")
+    fresh.set_model_mode("eval")
+    with torch.no_grad():
+        expected = trainer.model(images)
+        assert not torch.equal(fresh.model(images), expected)  # a fresh model differs
+        fresh.load_model(str(run["out"]), epoch=1)
+        assert torch.equal(fresh.model(images), expected)

@@ -8,7 +8,10 @@ import torch.nn.functional as F
 from dassl_compat import load_checkpoint
 from trainers.clip_helpers import PRECISIONS
 from trainers.cocoop import CoCoOp, CoCoOpModel
-from conftest import method_cfg, offline_trainer, perturb, random_images
+from conftest import (
+    assert_reload_reproduces_logits, assert_step_changed_only_the_prompt_learner, method_cfg, offline_trainer,
+    one_step_run, perturb, random_images,
+)
 
 CLASSNAMES = ["dog", "sea_turtle", "forklift", "golden retriever", "air conditioner"]
 
@@ -112,23 +115,11 @@ def test_every_prec_runs_on_cpu(prec):
 def base_run(tmp_path_factory, synthetic_root):
     """A trainer on the base classes after one training step, and its checkpoint folder."""
     out = tmp_path_factory.mktemp("cocoop_base")
-    trainer = _trainer(synthetic_root, out, "DATASET.SUBSAMPLE_CLASSES", "base")
-    learnable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    trainer.set_model_mode("train")
-    trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, len(trainer.train_loader_x)
-    summary = trainer.forward_backward(next(iter(trainer.train_loader_x)))
-    trainer.save_model(0, str(out))
-    return dict(trainer=trainer, out=out, learnable=learnable, before=before, summary=summary)
+    return one_step_run(_trainer(synthetic_root, out, "DATASET.SUBSAMPLE_CLASSES", "base"), out)
 
 
 def test_one_training_step_changes_only_learnable_params(base_run):
-    trainer = base_run["trainer"]
-    assert base_run["learnable"] == {"prompt_learner." + n for n, _ in trainer.model.prompt_learner.named_parameters()}
-    assert torch.isfinite(torch.tensor(base_run["summary"]["loss"]))
-    after = trainer.model.state_dict()
-    changed = {k for k, v in base_run["before"].items() if not torch.equal(v, after[k])}
-    assert changed == base_run["learnable"]
+    assert_step_changed_only_the_prompt_learner(base_run)
 
 
 def test_checkpoint_holds_only_the_prompt_learner(base_run):
@@ -138,16 +129,7 @@ def test_checkpoint_holds_only_the_prompt_learner(base_run):
 
 
 def test_save_load_gives_identical_logits(base_run, tmp_path, synthetic_root):
-    trainer = base_run["trainer"]
-    other = _trainer(synthetic_root, tmp_path, "DATASET.SUBSAMPLE_CLASSES", "base")
-    images = next(iter(trainer.test_loader))["img"][:4]
-    trainer.set_model_mode("eval")
-    other.set_model_mode("eval")
-    with torch.no_grad():
-        expected = trainer.model(images)
-        assert not torch.equal(other.model(images), expected)  # a fresh model differs
-        other.load_model(str(base_run["out"]), epoch=1)
-        assert torch.equal(other.model(images), expected)
+    assert_reload_reproduces_logits(base_run, _trainer(synthetic_root, tmp_path, "DATASET.SUBSAMPLE_CLASSES", "base"))
 
 
 def test_base_trained_model_evaluates_on_all_classes(base_run, tmp_path, synthetic_root):
