@@ -31,16 +31,21 @@ from datasets.synthetic import SyntheticDataset
 BENCHMARK_PER_STYLE = {"train": 24, "val": 4, "test": 10}
 
 
-@DATASET_REGISTRY.register()
-class SyntheticObjects(SyntheticDataset):
-    """64 colour x shape classes in photo style (base-to-new; source of XD / DG)."""
+class _BenchmarkDataset(SyntheticDataset):
+    """A benchmark folder: every style generated, photo by default, BENCHMARK_PER_STYLE images."""
 
-    dataset_dir = "synthetic_objects"
-    split_file = "split_zhou_SyntheticObjects.json"
     styles = world.STYLES
     default_train_styles = ("photo",)
     default_test_styles = ("photo",)
     per_style = BENCHMARK_PER_STYLE
+
+
+@DATASET_REGISTRY.register()
+class SyntheticObjects(_BenchmarkDataset):
+    """64 colour x shape classes in photo style (base-to-new; source of XD / DG)."""
+
+    dataset_dir = "synthetic_objects"
+    split_file = "split_zhou_SyntheticObjects.json"
 
     @classmethod
     def class_names(cls):
@@ -80,15 +85,11 @@ class SyntheticObjectsPainting(_SyntheticObjectsInStyle):
 
 
 @DATASET_REGISTRY.register()
-class SyntheticPatterns(SyntheticDataset):
+class SyntheticPatterns(_BenchmarkDataset):
     """32 colour x texture swatch classes in photo style (cross-dataset target)."""
 
     dataset_dir = "synthetic_patterns"
     split_file = "split_zhou_SyntheticPatterns.json"
-    styles = world.STYLES
-    default_train_styles = ("photo",)
-    default_test_styles = ("photo",)
-    per_style = BENCHMARK_PER_STYLE
 
     @classmethod
     def class_names(cls):

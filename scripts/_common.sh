@@ -167,7 +167,7 @@ set_aside_log() {
     if [[ -n "${DRY_RUN:-}" ]]; then
         echo "(dry run) would move $dir/log.txt to $target"
     else
-        mv "$dir/log.txt" "$target"
+        mv "$dir/log.txt" "$target" || die "cannot move $dir/log.txt aside to $target: check the folder's permissions"
         echo "The log of the unfinished attempt is kept as $target"
     fi
 }
@@ -183,6 +183,24 @@ run_train_py() {
     (cd "$REPO_ROOT" && "$PYTHON" train.py "$@")
 }
 
+# begin_job DIR FINISHED RERUN_MESSAGE NEW_MESSAGE: status 1 (skip the job) when the FINISHED check
+#   (train_finished / eval_finished) passes on DIR; otherwise stop if another run holds DIR, set an
+#   unfinished attempt's log aside, and say which message applies.
+begin_job() {
+    local dir=$1 finished=$2 rerun=$3 new=$4
+    if "$finished" "$dir"; then
+        echo "Oops! The results exist at ${dir} (so skip this job)"
+        return 1
+    fi
+    check_not_running "$dir"
+    if [[ -d "$dir" ]]; then
+        echo "$rerun ${dir}"
+        set_aside_log "$dir"
+    else
+        echo "$new ${dir}"
+    fi
+}
+
 # train_job TRAINER CFG DATASET SEED DIR [OPTS ...]
 #   Train TRAINER with configs/trainers/TRAINER/CFG.yaml on configs/datasets/DATASET.yaml into DIR.
 train_job() {
@@ -192,17 +210,7 @@ train_job() {
     root="$(data_root)"
     cfg_file="$(trainer_config "$trainer" "$cfg")"
     data_file="$(dataset_config "$dataset")"
-    if train_finished "$dir"; then
-        echo "Oops! The results exist at ${dir} (so skip this job)"
-        return 0
-    fi
-    check_not_running "$dir"
-    if [[ -d "$dir" ]]; then
-        echo "Resuming the unfinished run in ${dir}"
-        set_aside_log "$dir"
-    else
-        echo "Run this job and save the output to ${dir}"
-    fi
+    begin_job "$dir" train_finished "Resuming the unfinished run in" "Run this job and save the output to" || return 0
     run_train_py --root "$root" --seed "$seed" --trainer "$trainer" \
         --dataset-config-file "$data_file" --config-file "$cfg_file" --output-dir "$dir" "$@"
 }
@@ -216,17 +224,7 @@ eval_job() {
     root="$(data_root)"
     cfg_file="$(trainer_config "$trainer" "$cfg")"
     data_file="$(dataset_config "$dataset")"
-    if eval_finished "$dir"; then
-        echo "Oops! The results exist at ${dir} (so skip this job)"
-        return 0
-    fi
-    check_not_running "$dir"
-    if [[ -d "$dir" ]]; then
-        echo "Re-running the unfinished evaluation in ${dir}"
-        set_aside_log "$dir"
-    else
-        echo "Evaluate and save the output to ${dir}"
-    fi
+    begin_job "$dir" eval_finished "Re-running the unfinished evaluation in" "Evaluate and save the output to" || return 0
     local flags=(--root "$root")
     [[ -n "$seed" ]] && flags+=(--seed "$seed")
     flags+=(--trainer "$trainer" --dataset-config-file "$data_file" --config-file "$cfg_file" --output-dir "$dir")
