@@ -41,6 +41,7 @@ from user_errors import UserError, did_you_mean
 import datasets  # noqa: F401  (registers the datasets)
 import trainers  # noqa: F401  (registers the trainers)
 from trainers import distributed
+from trainers.base import pid_exists
 from trainers.config import default_cfg
 
 REPO_ROOT = osp.dirname(osp.abspath(__file__))
@@ -483,7 +484,7 @@ def lock_holder_alive(holder, path):
         if age > RunLock.STALE_AFTER_S:
             return False, f"run on {holder.get('host')} silent for {age:.0f} s"
         return True, ""
-    if not _pid_exists(pid):
+    if not pid_exists(pid):
         return False, f"pid {pid} is gone"
     ticks = holder.get("start_ticks")
     now_ticks = _process_start_ticks(pid)
@@ -517,18 +518,6 @@ def _mtime(path):
         return os.stat(path).st_mtime
     except OSError:
         return 0.0
-
-
-def _pid_exists(pid):
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by another user
-    return True
 
 
 def _process_start_ticks(pid):

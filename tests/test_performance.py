@@ -109,11 +109,16 @@ def test_full_length_suffix_rebuilds_the_official_prompt(tiny_clip):
 # ----------------------------------------------------------------------------
 # optimised path == reference path
 # ----------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["CoCoOp", "GOPro", "CoOp", "MaPLe"])
-def test_train_logits_losses_and_gradients_equal_the_reference(name, tiny_clip):
+def _model_and_reference(name, tiny_clip):
+    """Our model of ``name`` on the tiny CLIP (MaPLe prompting all 3 layers) and its reference path."""
     opts = {"PROMPT_DEPTH": 3} if name == "MaPLe" else {}
     _, model = _build(name, tiny_clip, **opts)
-    ref = reference_for(name, model, tiny_clip)
+    return model, reference_for(name, model, tiny_clip)
+
+
+@pytest.mark.parametrize("name", ["CoCoOp", "GOPro", "CoOp", "MaPLe"])
+def test_train_logits_losses_and_gradients_equal_the_reference(name, tiny_clip):
+    model, ref = _model_and_reference(name, tiny_clip)
     inputs, labels, _ = _inputs(name)
     model.learnable_module().train()
     ours = _run(model.forward_train, model, inputs, labels)
@@ -131,9 +136,7 @@ def test_train_logits_losses_and_gradients_equal_the_reference(name, tiny_clip):
 
 @pytest.mark.parametrize("name", ["CoCoOp", "GOPro", "CoOp", "MaPLe"])
 def test_eval_logits_equal_the_reference(name, tiny_clip):
-    opts = {"PROMPT_DEPTH": 3} if name == "MaPLe" else {}
-    _, model = _build(name, tiny_clip, **opts)
-    ref = reference_for(name, model, tiny_clip)
+    model, ref = _model_and_reference(name, tiny_clip)
     _, _, views = _inputs(name)
     model.learnable_module().eval()
     expected = ref.eval_forward(views[0], views[1:])

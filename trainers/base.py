@@ -535,9 +535,10 @@ def _remove_dead_temp_files(fdir):
                 pass
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own temp files are never left behind while we run
+def pid_exists(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (owned by anyone)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -545,6 +546,11 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return True  # exists, owned by someone else
     return True
+
+
+def _pid_alive(pid: int) -> bool:
+    # our own temp files are never left behind while we run
+    return pid != os.getpid() and pid_exists(pid)
 
 
 def missing_model_message(directory, name, model_file):
