@@ -332,3 +332,21 @@ def test_batch_size_one_is_a_clear_error(tmp_path, synthetic_root, capfd):
                       "DATALOADER.TRAIN_X.BATCH_SIZE", "1"])
     assert code == 2
     assert "DATALOADER.TRAIN_X.BATCH_SIZE is 1" in capfd.readouterr().err
+
+
+def test_training_batches_without_the_extra_views_are_a_clear_error(tiny_clip):
+    """A batch from Dassl's plain DatasetWrapper lacks img2 / img3: the trainer and the model say how to fix it."""
+    from trainers.gopro import GOPro
+
+    batch = {"img": views()[0], "label": labels()}
+    trainer = GOPro.__new__(GOPro)  # parse_batch_train needs only the device
+    trainer.device = torch.device("cpu")
+    with pytest.raises(UserError, match=r"lacks \['img2', 'img3'\].*GOProDatasetWrapper"):
+        trainer.parse_batch_train(batch)
+    with pytest.raises(UserError, match=r"lacks \['img2', 'img3'\]"):
+        build(tiny_clip).forward_train(batch, labels())
+    with pytest.raises(UserError, match="three views"):
+        build(tiny_clip).forward_train(views()[:2], labels())
+    parsed, parsed_labels = trainer.parse_batch_train({"img": views()[0], "img2": views()[1], "img3": views()[2],
+                                                       "label": labels()})
+    assert len(parsed) == 3 and torch.equal(parsed[2], views()[2]) and torch.equal(parsed_labels, labels())

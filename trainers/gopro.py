@@ -472,12 +472,6 @@ class GOPro(ClipTrainer):
         return {"ce": node.W_CE, "sem": node.W_SEM, "con": node.W_CON, "con_text": node.W_CON}
 
     def parse_batch_train(self, batch):
-        missing = [k for k in VIEW_KEYS if k not in batch]
-        if missing:
-            raise UserError(
-                f"GOPro's training batch lacks {missing}: the train loader must come from "
-                "GOProDatasetWrapper (GOPro.build_data_loader)"
-            )
-        views = tuple(batch[k].to(self.device, non_blocking=True) for k in VIEW_KEYS)
+        views = tuple(v.to(self.device, non_blocking=True) for v in GOProModel._views(batch))
         labels = batch["label"].to(self.device, non_blocking=True)
         return views, labels
