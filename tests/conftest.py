@@ -122,3 +122,22 @@ def assert_reload_reproduces_logits(run, fresh):
         assert not torch.equal(fresh.model(images), expected)  # a fresh model differs
         fresh.load_model(str(run["out"]), epoch=1)
         assert torch.equal(fresh.model(images), expected)
+
+
+_JPEG = None
+
+
+def touch_jpeg(path):
+    """Write a tiny valid JPEG at ``path`` (parents created): a stand-in for a dataset image."""
+    global _JPEG
+    if _JPEG is None:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (10, 200, 90)).save(buf, "JPEG")
+        _JPEG = buf.getvalue()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_JPEG)

@@ -1,35 +1,19 @@
 """ImageNet and its four test-only variants from miniature trees (``dassl-behaviour.md`` §h.7)."""
-import io
 import os
 import random
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 import datasets  # noqa: F401  (registers the datasets)
 from dassl_compat import DATASET_REGISTRY, Datum, get_cfg_default
 from datasets.coop_common import DatasetNotFoundError, ImageNotFoundError
 from datasets.datum_pickle import load_datum_pickle
+from conftest import touch_jpeg
 
 N_WNIDS = 1000
 WNIDS = [f"n{1440764 + 7 * i:08d}" for i in range(N_WNIDS)]
 NAMES = [f"class {i}" if i % 3 else f"class_{i} thing" for i in range(N_WNIDS)]
-
-
-def _jpeg_bytes():
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (10, 200, 90)).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-JPEG = _jpeg_bytes()
-
-
-def touch_jpeg(path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(JPEG)
 
 
 def write_classnames(folder):

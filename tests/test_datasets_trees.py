@@ -4,7 +4,6 @@ Each test builds a tiny copy of a dataset folder (8x8 JPEGs, split / annotation
 files in their real formats) under ``tmp_path`` and reads it through
 ``DATASET_REGISTRY`` (``dassl-behaviour.md`` §h.1-§h.6, §c.3).
 """
-import io
 import json
 import os
 import random
@@ -12,27 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from scipy.io import savemat
 
 import datasets  # noqa: F401  (registers the datasets)
 from dassl_compat import DATASET_REGISTRY, get_cfg_default
 from datasets.coop_common import DatasetNotFoundError, ImageNotFoundError
-
-
-def _jpeg_bytes():
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (120, 30, 200)).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-JPEG = _jpeg_bytes()
-
-
-def touch_jpeg(path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(JPEG)
+from conftest import touch_jpeg
 
 
 def make_cfg(root, name, shots=-1, seed=1, subsample="all"):
