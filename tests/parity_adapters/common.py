@@ -61,3 +61,25 @@ def head(prompt_embeddings, fixture):
 def eval_outputs(model, images):
     model.eval()
     return model.inspect(images)
+
+
+def eval_keys(fixture, learner, parts):
+    """The evaluation keys every CLIP prompt learner's fixture holds (README §2)."""
+    return {
+        "out.prompt_embeddings_head": head(parts["prompt_embeddings"], fixture),
+        "out.image_features_raw": parts["image_features_raw"],
+        "out.text_features_raw": parts["text_features_raw"],
+        "out.logits": parts["logits"],
+        **text_token_keys(learner.tokenized_prompts),
+    }
+
+
+def ce_train_step(model, learner, images, labels, prefix=""):
+    """One cross-entropy backward in train mode: ``loss.ce`` and the learner's ``grad.*`` keys."""
+    model.train()  # the official CE and gradients come from train mode
+    zero_grads(learner)
+    _, terms = model.forward_train(images, labels)
+    terms["ce"].backward()
+    out = {f"{prefix}loss.ce": terms["ce"].detach()}
+    out.update(collect_grads(learner, f"{prefix}grad"))
+    return out

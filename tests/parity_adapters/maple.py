@@ -6,21 +6,9 @@ rounding of the inserted prompts).
 """
 from __future__ import annotations
 
-from parity_adapters.common import (
-    collect_grads, eval_outputs, head, load_learnables, text_token_keys, zero_grads,
-)
+from parity_adapters.common import ce_train_step, eval_keys, eval_outputs, load_learnables
 
 VARIANT = "variant_fp16_prompt_cast."
-
-
-def _train_step(model, learner, images, labels, prefix=""):
-    model.train()  # the official CE and gradients come from train mode
-    zero_grads(learner)
-    _, terms = model.forward_train(images, labels)
-    terms["ce"].backward()
-    out = {f"{prefix}loss.ce": terms["ce"].detach()}
-    out.update(collect_grads(learner, f"{prefix}grad"))
-    return out
 
 
 def run(fixture, model, cfg, variants):
@@ -30,15 +18,11 @@ def run(fixture, model, cfg, variants):
 
     parts = eval_outputs(model, images)
     out = {
-        "out.prompt_embeddings_head": head(parts["prompt_embeddings"], fixture),
-        "out.image_features_raw": parts["image_features_raw"],
-        "out.text_features_raw": parts["text_features_raw"],
-        "out.logits": parts["logits"],
+        **eval_keys(fixture, learner, parts),
         "out.vision_prompts_layer0": parts["vision_prompts_layer0"],
         **{f"out.{k}": v for k, v in parts.items() if k.startswith("vision_deep_prompts.")},
-        **text_token_keys(learner.tokenized_prompts),
     }
-    out.update(_train_step(model, learner, images, labels))
+    out.update(ce_train_step(model, learner, images, labels))
 
     if variants:
         model.fp16_prompt_cast = True
@@ -46,7 +30,7 @@ def run(fixture, model, cfg, variants):
             parts = eval_outputs(model, images)
             for key in ("image_features_raw", "text_features_raw", "logits"):
                 out[f"{VARIANT}out.{key}"] = parts[key]
-            out.update(_train_step(model, learner, images, labels, prefix=VARIANT))
+            out.update(ce_train_step(model, learner, images, labels, prefix=VARIANT))
         finally:
             model.fp16_prompt_cast = False
     return out
