@@ -33,84 +33,77 @@ def _indices_by(data_source, attr):
     return groups
 
 
-class RandomDomainSampler(Sampler):
-    """Each batch: ``n_domain`` randomly chosen domains x ``batch_size // n_domain`` images.
+class _DomainBatchSampler(Sampler):
+    """Batches of ``n_img_per_domain`` images from each of the domains :meth:`_batch_domains` picks.
 
-    Images are drawn without replacement; the epoch ends as soon as one chosen
+    Images are drawn without replacement; the epoch ends as soon as one picked
     domain has fewer images left than one batch needs from it.
     """
 
-    def __init__(self, data_source, batch_size, n_domain):
+    def _setup(self, data_source, domain_dict, domains, batch_size, n_domain):
         self.data_source = data_source
-        self.domain_dict = _indices_by(data_source, "domain")
-        self.domains = list(self.domain_dict.keys())
+        self.domain_dict = domain_dict
+        self.domains = domains
+        self.n_img_per_domain = batch_size // n_domain
+        self.batch_size = batch_size
+        self.n_domain = n_domain
+        self.length = len(list(self.__iter__()))
+
+    def _batch_domains(self):
+        raise NotImplementedError
+
+    def __iter__(self):
+        domain_dict = copy.deepcopy(self.domain_dict)
+        final_idxs = []
+        stop_sampling = False
+        while not stop_sampling:
+            for domain in self._batch_domains():
+                idxs = domain_dict[domain]
+                selected_idxs = random.sample(idxs, self.n_img_per_domain)
+                final_idxs.extend(selected_idxs)
+                for idx in selected_idxs:
+                    idxs.remove(idx)
+                if len(idxs) < self.n_img_per_domain:
+                    stop_sampling = True
+        return iter(final_idxs)
+
+    def __len__(self):
+        return self.length
+
+
+class RandomDomainSampler(_DomainBatchSampler):
+    """Each batch: ``n_domain`` randomly chosen domains x ``batch_size // n_domain`` images."""
+
+    def __init__(self, data_source, batch_size, n_domain):
+        domain_dict = _indices_by(data_source, "domain")
         if n_domain is None or n_domain <= 0:
-            n_domain = len(self.domains)
+            n_domain = len(domain_dict)
         if batch_size % n_domain != 0:
             raise ValueError(
                 f"RandomDomainSampler: batch size {batch_size} must be divisible by the "
                 f"number of domains per batch {n_domain} (DATALOADER.TRAIN_X.N_DOMAIN)"
             )
-        self.n_img_per_domain = batch_size // n_domain
-        self.batch_size = batch_size
-        self.n_domain = n_domain
-        self.length = len(list(self.__iter__()))
+        self._setup(data_source, domain_dict, list(domain_dict.keys()), batch_size, n_domain)
 
-    def __iter__(self):
-        domain_dict = copy.deepcopy(self.domain_dict)
-        final_idxs = []
-        stop_sampling = False
-        while not stop_sampling:
-            selected_domains = random.sample(self.domains, self.n_domain)
-            for domain in selected_domains:
-                idxs = domain_dict[domain]
-                selected_idxs = random.sample(idxs, self.n_img_per_domain)
-                final_idxs.extend(selected_idxs)
-                for idx in selected_idxs:
-                    idxs.remove(idx)
-                if len(idxs) < self.n_img_per_domain:
-                    stop_sampling = True
-        return iter(final_idxs)
-
-    def __len__(self):
-        return self.length
+    def _batch_domains(self):
+        return random.sample(self.domains, self.n_domain)
 
 
-class SeqDomainSampler(Sampler):
+class SeqDomainSampler(_DomainBatchSampler):
     """Each batch: every domain (sorted order) x ``batch_size // n_domains`` random images."""
 
     def __init__(self, data_source, batch_size):
-        self.data_source = data_source
-        self.domain_dict = _indices_by(data_source, "domain")
-        self.domains = sorted(self.domain_dict.keys())
-        n_domain = len(self.domains)
+        domain_dict = _indices_by(data_source, "domain")
+        n_domain = len(domain_dict)
         if n_domain == 0 or batch_size % n_domain != 0:
             raise ValueError(
                 f"SeqDomainSampler: batch size {batch_size} must be a multiple of the "
                 f"number of domains ({n_domain})"
             )
-        self.n_img_per_domain = batch_size // n_domain
-        self.batch_size = batch_size
-        self.n_domain = n_domain
-        self.length = len(list(self.__iter__()))
+        self._setup(data_source, domain_dict, sorted(domain_dict.keys()), batch_size, n_domain)
 
-    def __iter__(self):
-        domain_dict = copy.deepcopy(self.domain_dict)
-        final_idxs = []
-        stop_sampling = False
-        while not stop_sampling:
-            for domain in self.domains:
-                idxs = domain_dict[domain]
-                selected_idxs = random.sample(idxs, self.n_img_per_domain)
-                final_idxs.extend(selected_idxs)
-                for idx in selected_idxs:
-                    idxs.remove(idx)
-                if len(idxs) < self.n_img_per_domain:
-                    stop_sampling = True
-        return iter(final_idxs)
-
-    def __len__(self):
-        return self.length
+    def _batch_domains(self):
+        return self.domains
 
 
 class RandomClassSampler(Sampler):
