@@ -16,5 +16,8 @@ absent.  It reproduces the public behaviour of Dassl 0.6.3 as specified in
 Submodules are imported on demand (nothing is imported here), so that each
 can be used on its own.
 """
+if __name__ != "gopro_prompts.bundled_dassl":  # one module per file: never a second copy as `bundled_dassl`
+    raise ImportError("this folder is the package gopro_prompts.bundled_dassl: import it under that name")
+
 
 __version__ = "0.6.3"

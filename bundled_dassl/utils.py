@@ -35,9 +35,9 @@ __all__ = [
     "count_num_param", "tolist_if_not", "resume_with_loader",
 ]
 
-# Child of the project's logger root ("promptlab", see dassl_compat.get_logger):
+# Child of the project's logger root ("gopro_prompts", see dassl_compat.get_logger):
 # once that root has its stdout handler, these records reach stdout/log.txt.
-_logger = logging.getLogger("promptlab.bundled_dassl.utils")
+_logger = logging.getLogger("gopro_prompts.bundled_dassl.utils")
 
 
 # ---------------------------------------------------------------------------

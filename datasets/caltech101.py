@@ -1,5 +1,5 @@
 """Caltech-101 (``dassl-behaviour.md`` §h.6): 100 object classes, split ``split_zhou_Caltech101.json``."""
-from dassl_compat import DATASET_REGISTRY
+from gopro_prompts.dassl_compat import DATASET_REGISTRY
 
 from .coop_common import CoOpFewShotDataset, read_and_split_data
 

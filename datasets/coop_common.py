@@ -22,8 +22,8 @@ import os.path as osp
 import random
 from collections import OrderedDict
 
-import dassl_compat
-from dassl_compat import (
+from gopro_prompts import dassl_compat
+from gopro_prompts.dassl_compat import (
     DatasetBase,
     Datum,
     get_logger,
@@ -33,7 +33,7 @@ from dassl_compat import (
     write_json,
 )
 
-from user_errors import UserError
+from gopro_prompts.user_errors import UserError
 
 from .datum_pickle import CacheError, load_datum_pickle, save_datum_pickle
 

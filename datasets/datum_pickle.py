@@ -15,7 +15,7 @@ To keep those files interchangeable between the two backends of
 
 * :func:`save_datum_pickle` always writes that Dassl class path, even under the
   bundled engine, so that CoOp / MaPLe runs with real Dassl read our caches;
-* :func:`load_datum_pickle` maps the Dassl path (and any ``bundled_dassl`` path)
+* :func:`load_datum_pickle` maps the Dassl path (and any path of the bundled engine's ``Datum``)
   to the current backend's ``Datum``, so caches written by either side load
   under both.
 
@@ -31,8 +31,8 @@ import io
 import os
 import pickle
 
-from dassl_compat import Datum
-from user_errors import UserError
+from gopro_prompts.dassl_compat import Datum
+from gopro_prompts.user_errors import UserError
 
 __all__ = [
     "DASSL_DATUM_MODULE",
@@ -156,8 +156,7 @@ class _DatumUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if name == DASSL_DATUM_NAME and (
             module == DASSL_DATUM_MODULE
-            or module == "bundled_dassl"
-            or module.startswith("bundled_dassl.")
+            or "bundled_dassl" in module.split(".")
         ):
             return Datum
         if (module, name) in _SAFE_GLOBALS:

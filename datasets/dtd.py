@@ -1,6 +1,6 @@
 """Describable Textures (``dassl-behaviour.md`` §h.6): 47 textures, split
 ``split_zhou_DescribableTextures.json``."""
-from dassl_compat import DATASET_REGISTRY
+from gopro_prompts.dassl_compat import DATASET_REGISTRY
 
 from .coop_common import CoOpFewShotDataset, read_and_split_data
 

@@ -1,5 +1,5 @@
 """EuroSAT RGB (``dassl-behaviour.md`` §h.6): 10 land-cover classes, split ``split_zhou_EuroSAT.json``."""
-from dassl_compat import DATASET_REGISTRY
+from gopro_prompts.dassl_compat import DATASET_REGISTRY
 
 from .coop_common import CoOpFewShotDataset, read_and_split_data
 

@@ -1,7 +1,7 @@
 """FGVC-Aircraft (``dassl-behaviour.md`` §h.6): 100 variants, always read from the official lists."""
 import os.path as osp
 
-from dassl_compat import DATASET_REGISTRY
+from gopro_prompts.dassl_compat import DATASET_REGISTRY
 
 from .coop_common import CoOpFewShotDataset, DatasetError, new_datum
 

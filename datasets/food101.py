@@ -1,5 +1,5 @@
 """Food-101 (``dassl-behaviour.md`` §h.6): 101 dishes, split ``split_zhou_Food101.json``."""
-from dassl_compat import DATASET_REGISTRY
+from gopro_prompts.dassl_compat import DATASET_REGISTRY
 
 from .coop_common import CoOpFewShotDataset, read_and_split_data
 

@@ -7,7 +7,7 @@ sampling picks, so the file is reused whenever it exists.
 import os
 import os.path as osp
 
-from dassl_compat import DATASET_REGISTRY, DatasetBase, listdir_nohidden
+from gopro_prompts.dassl_compat import DATASET_REGISTRY, DatasetBase, listdir_nohidden
 
 from .coop_common import (
     CacheError,

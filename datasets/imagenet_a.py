@@ -1,5 +1,5 @@
 """ImageNet-A (``dassl-behaviour.md`` §h.7): test only, its 200 classes named by folder wnid."""
-from dassl_compat import DATASET_REGISTRY
+from gopro_prompts.dassl_compat import DATASET_REGISTRY
 
 from .imagenet_variants import ImageNetVariant
 

@@ -1,5 +1,5 @@
 """ImageNet-Sketch (``dassl-behaviour.md`` §h.7): test only, 1000 classes."""
-from dassl_compat import DATASET_REGISTRY
+from gopro_prompts.dassl_compat import DATASET_REGISTRY
 
 from .imagenet_variants import ImageNetVariant
 

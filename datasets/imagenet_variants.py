@@ -6,7 +6,7 @@ ignored, and no ``split_fewshot`` folder is created.
 """
 import os.path as osp
 
-from dassl_compat import DatasetBase, get_logger, listdir_nohidden
+from gopro_prompts.dassl_compat import DatasetBase, get_logger, listdir_nohidden
 
 from .coop_common import DatasetError, check_layout, dataset_root, new_datum, read_classnames
 

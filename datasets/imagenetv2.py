@@ -1,7 +1,7 @@
 """ImageNetV2 matched-frequency (``dassl-behaviour.md`` §h.7): test only, 1000 classes."""
 import os.path as osp
 
-from dassl_compat import DATASET_REGISTRY, listdir_nohidden
+from gopro_prompts.dassl_compat import DATASET_REGISTRY, listdir_nohidden
 
 from .coop_common import DATASETS_DOC, DatasetNotFoundError, short_list, new_datum
 from .imagenet_variants import ImageNetVariant

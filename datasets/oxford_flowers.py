@@ -3,7 +3,7 @@ import os.path as osp
 import random
 from collections import OrderedDict
 
-from dassl_compat import DATASET_REGISTRY, read_json
+from gopro_prompts.dassl_compat import DATASET_REGISTRY, read_json
 from scipy.io import loadmat
 
 from .coop_common import CoOpFewShotDataset, DatasetError, new_datum

@@ -1,7 +1,7 @@
 """Oxford-IIIT Pets (``dassl-behaviour.md`` §h.6): 37 breeds, split ``split_zhou_OxfordPets.json``."""
 import os.path as osp
 
-from dassl_compat import DATASET_REGISTRY
+from gopro_prompts.dassl_compat import DATASET_REGISTRY
 
 from .coop_common import CoOpFewShotDataset, new_datum, split_trainval
 

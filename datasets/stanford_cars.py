@@ -6,7 +6,7 @@ Unlike the other datasets, split paths are relative to the dataset folder
 import os.path as osp
 
 import numpy as np
-from dassl_compat import DATASET_REGISTRY
+from gopro_prompts.dassl_compat import DATASET_REGISTRY
 from scipy.io import loadmat
 
 from .coop_common import CoOpFewShotDataset, new_datum, split_trainval

@@ -1,7 +1,7 @@
 """SUN397 (``dassl-behaviour.md`` §h.6): 397 scene classes, split ``split_zhou_SUN397.json``."""
 import os.path as osp
 
-from dassl_compat import DATASET_REGISTRY
+from gopro_prompts.dassl_compat import DATASET_REGISTRY
 
 from .coop_common import CoOpFewShotDataset, DatasetError, new_datum, split_trainval
 

@@ -35,9 +35,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from PIL import Image
 
-from dassl_compat import DATASET_REGISTRY, Datum, get_logger, mkdir_if_missing, write_json
-from datasets import synthetic_world as world
-from datasets.coop_common import CoOpFewShotDataset, DatasetError
+from gopro_prompts.dassl_compat import DATASET_REGISTRY, Datum, get_logger, mkdir_if_missing, write_json
+from gopro_prompts.datasets import synthetic_world as world
+from gopro_prompts.datasets.coop_common import CoOpFewShotDataset, DatasetError
 
 try:
     import fcntl

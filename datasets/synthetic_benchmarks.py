@@ -23,9 +23,9 @@ Every dataset also accepts ``DATASET.SOURCE_DOMAINS`` / ``TARGET_DOMAINS``
 """
 from __future__ import annotations
 
-from dassl_compat import DATASET_REGISTRY
-from datasets import synthetic_world as world
-from datasets.synthetic import SyntheticDataset
+from gopro_prompts.dassl_compat import DATASET_REGISTRY
+from gopro_prompts.datasets import synthetic_world as world
+from gopro_prompts.datasets.synthetic import SyntheticDataset
 
 #: Images per class, style and split of the benchmark folders.
 BENCHMARK_PER_STYLE = {"train": 24, "val": 4, "test": 10}

@@ -2,7 +2,7 @@
 import os.path as osp
 import re
 
-from dassl_compat import DATASET_REGISTRY
+from gopro_prompts.dassl_compat import DATASET_REGISTRY
 
 from .coop_common import CoOpFewShotDataset, DatasetError, new_datum, split_trainval
 

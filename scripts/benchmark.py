@@ -269,11 +269,11 @@ def _scale(t):
 def run_trainer(name, opts):
     import torch
 
-    import trainers  # noqa: F401  (registers the trainers)
-    from dassl_compat import TRAINER_REGISTRY, build_optimizer
-    from tools.reference_paths import reference_for
-    from trainers.clip_helpers import BUILTIN_ARCHS, Precision, _clip
-    from trainers.config import default_cfg
+    from gopro_prompts import trainers  # noqa: F401  (registers the trainers)
+    from gopro_prompts.dassl_compat import TRAINER_REGISTRY, build_optimizer
+    from gopro_prompts.tools.reference_paths import reference_for
+    from gopro_prompts.trainers.clip_helpers import BUILTIN_ARCHS, Precision, _clip
+    from gopro_prompts.trainers.config import default_cfg
 
     device = torch.device(opts["device"])
     if opts["threads"]:

@@ -220,7 +220,7 @@ fi
 
 if [[ -n "${DRY_RUN:-}" ]]; then
     echo
-    echo "(dry run) then: $PYTHON -m tools.results_tables $PROTOCOL ${ROOTS[*]} ${TABLE_ARGS[*]} --trainers $TRAINERS --seeds $SEEDS --shots $SHOTS --save $OUTPUT/compare/$PROTOCOL"
+    echo "(dry run) then: $PYTHON -m gopro_prompts.tools.results_tables $PROTOCOL ${ROOTS[*]} ${TABLE_ARGS[*]} --trainers $TRAINERS --seeds $SEEDS --shots $SHOTS --save $OUTPUT/compare/$PROTOCOL"
     exit 0
 fi
 
@@ -230,7 +230,7 @@ existing_roots=()
 for root in "${ROOTS[@]}"; do [[ -d "$root" ]] && existing_roots+=("$root"); done
 ((${#existing_roots[@]})) || die "no run folder was created under $OUTPUT: see the errors above"
 table_rc=0
-(cd "$REPO_ROOT" && "$PYTHON" -m tools.results_tables "$PROTOCOL" "${existing_roots[@]}" "${TABLE_ARGS[@]}" \
+(cd "$REPO_ROOT" && "$PYTHON" -m gopro_prompts.tools.results_tables "$PROTOCOL" "${existing_roots[@]}" "${TABLE_ARGS[@]}" \
     --trainers "$TRAINERS" --seeds "$SEEDS" --shots "$SHOTS" --save "$OUTPUT/compare/$PROTOCOL") || table_rc=$?
 
 if ((${#FAILED[@]})); then

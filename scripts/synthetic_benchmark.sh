@@ -89,7 +89,7 @@ if [[ -n "${DRY_RUN:-}" ]]; then
     exit $status
 fi
 
-"$PYTHON" "$REPO_ROOT/tools/synthetic_report.py" "$OUTPUT/compare" --results "$RESULTS" --readme "$README_FILE" \
+(cd "$REPO_ROOT" && "$PYTHON" -m gopro_prompts.tools.synthetic_report "$OUTPUT/compare" --results "$RESULTS" --readme "$README_FILE" \
     --minutes "$minutes" --seeds "$SEEDS" --epochs "$SYN_EPOCHS" --cores "$(getconf _NPROCESSORS_ONLN)" \
-    --jobs "$side_by_side" "${resumed[@]}" || status=1
+    --jobs "$side_by_side" "${resumed[@]}") || status=1
 exit $status

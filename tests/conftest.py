@@ -26,7 +26,7 @@ def shared_dir():
 @pytest.fixture(scope="session")
 def tiny_clip():
     """The built-in tiny random CLIP (fp32, eval, frozen), built once per session."""
-    from trainers.clip_helpers import load_clip
+    from gopro_prompts.trainers.clip_helpers import load_clip
 
     return load_clip("tiny")
 
@@ -48,7 +48,7 @@ def last_accuracy(log_text):
 
 def method_cfg(node_name, **node):
     """Our default config on the tiny CLIP in fp32, with ``TRAINER.<node_name>`` keys overridden."""
-    from trainers.config import default_cfg
+    from gopro_prompts.trainers.config import default_cfg
 
     cfg = default_cfg()
     cfg.MODEL.BACKBONE.NAME = "tiny"
@@ -76,7 +76,7 @@ def random_images(n=3, seed=2, size=32):
 
 def offline_trainer(trainer_name, root, out, *opts):
     """A trainer on the embedded offline default, built but not trained."""
-    import train
+    from gopro_prompts import train
 
     return train.main(["--root", root, "--trainer", trainer_name, "--output-dir", str(out), "--no-train",
                        "DATASET.NUM_SHOTS", "2", *opts])

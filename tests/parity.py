@@ -74,8 +74,8 @@ def build_from_meta(fixture, tiny_clip_path):
     """Our model for the fixture's method, config and class names."""
     from yacs.config import CfgNode as CN
 
-    from dassl_compat import TRAINER_REGISTRY
-    from trainers.config import default_cfg
+    from gopro_prompts.dassl_compat import TRAINER_REGISTRY
+    from gopro_prompts.trainers.config import default_cfg
 
     meta = fixture["meta"]
     method = meta["method"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainers.clip_helpers import (
+from gopro_prompts.trainers.clip_helpers import (
     ImageEncoder, Precision, TextEncoder, available_backbones, clip_logits, load_clip, tokenize,
     truncation_length,
 )
-from user_errors import UserError
+from gopro_prompts.user_errors import UserError
 
 TEXTS = ["a photo of a dog.", "a photo of a golden retriever.", "X X X X air conditioner."]
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dassl_compat import load_checkpoint
-from trainers.clip_helpers import PRECISIONS
-from trainers.cocoop import CoCoOp, CoCoOpModel
+from gopro_prompts.dassl_compat import load_checkpoint
+from gopro_prompts.trainers.clip_helpers import PRECISIONS
+from gopro_prompts.trainers.cocoop import CoCoOp, CoCoOpModel
 from conftest import (
     assert_reload_reproduces_logits, assert_step_changed_only_the_prompt_learner, method_cfg, offline_trainer,
     one_step_run, perturb, random_images,

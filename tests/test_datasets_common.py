@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-import datasets  # noqa: F401  (registers the datasets)
-from dassl_compat import DATASET_REGISTRY, Datum, get_cfg_default
-from datasets import coop_common
-from datasets.coop_common import (
+from gopro_prompts import datasets  # noqa: F401  (registers the datasets)
+from gopro_prompts.dassl_compat import DATASET_REGISTRY, Datum, get_cfg_default
+from gopro_prompts.datasets import coop_common
+from gopro_prompts.datasets.coop_common import (
     CacheError,
     DatasetNotFoundError,
     ImageNotFoundError,
@@ -25,7 +25,7 @@ from datasets.coop_common import (
     split_trainval,
     subsample_classes,
 )
-from datasets.datum_pickle import dump_datum_pickle, load_datum_pickle, save_datum_pickle
+from gopro_prompts.datasets.datum_pickle import dump_datum_pickle, load_datum_pickle, save_datum_pickle
 
 # A stand-in for real Dassl's ``dassl.data.datasets.base_dataset`` (plain class with the
 # same four instance attributes), used in subprocesses to play "a CoOp run with Dassl".

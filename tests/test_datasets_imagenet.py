@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-import datasets  # noqa: F401  (registers the datasets)
-from dassl_compat import DATASET_REGISTRY, Datum, get_cfg_default
-from datasets.coop_common import DatasetNotFoundError, ImageNotFoundError
-from datasets.datum_pickle import load_datum_pickle
+from gopro_prompts import datasets  # noqa: F401  (registers the datasets)
+from gopro_prompts.dassl_compat import DATASET_REGISTRY, Datum, get_cfg_default
+from gopro_prompts.datasets.coop_common import DatasetNotFoundError, ImageNotFoundError
+from gopro_prompts.datasets.datum_pickle import load_datum_pickle
 from conftest import touch_jpeg
 
 N_WNIDS = 1000

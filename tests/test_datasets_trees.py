@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-import datasets  # noqa: F401  (registers the datasets)
-from dassl_compat import DATASET_REGISTRY, get_cfg_default
-from datasets.coop_common import DatasetNotFoundError, ImageNotFoundError
+from gopro_prompts import datasets  # noqa: F401  (registers the datasets)
+from gopro_prompts.dassl_compat import DATASET_REGISTRY, get_cfg_default
+from gopro_prompts.datasets.coop_common import DatasetNotFoundError, ImageNotFoundError
 from conftest import touch_jpeg
 
 
@@ -480,7 +480,7 @@ def test_bad_subsample_value(tmp_path):
 
 def test_dataset_errors_are_user_errors(tmp_path):
     """train.py turns a UserError into one line on stderr (no traceback)."""
-    from user_errors import UserError
+    from gopro_prompts.user_errors import UserError
 
     with pytest.raises(UserError):
         build(tmp_path, "ImageNetA")

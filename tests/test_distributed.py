@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, RandomSampler
 
-import train
-from trainers import distributed
+from gopro_prompts import train
+from gopro_prompts.trainers import distributed
 
 FAST = ["OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "2", "SEED", "3"]
 
@@ -137,8 +137,8 @@ def _grads(module):
 @pytest.mark.parametrize("batch", [1, 2])
 def test_ddp_wrapper_gives_the_plain_gradients_of_the_learnable_module_only(batch, tiny_clip, monkeypatch):
     """GOPro through DDP: a batch of one has no L_con, so sim_proj gets no gradient (find_unused)."""
-    from trainers.config import default_cfg
-    from trainers.gopro import GOPro
+    from gopro_prompts.trainers.config import default_cfg
+    from gopro_prompts.trainers.gopro import GOPro
 
     cfg = default_cfg()
     torch.manual_seed(0)

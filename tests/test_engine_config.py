@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from yacs.config import CfgNode as CN
 
-from bundled_dassl.config import clean_cfg, get_cfg_default
+from gopro_prompts.bundled_dassl.config import clean_cfg, get_cfg_default
 
 # §a.2, every key with its default (dotted name -> value).
 EXPECTED_DEFAULTS = {

@@ -12,10 +12,10 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from bundled_dassl.config import get_cfg_default
-from bundled_dassl.data import DataManager, DatasetWrapper, build_data_loader
-from bundled_dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum, build_dataset
-from bundled_dassl.data.samplers import (
+from gopro_prompts.bundled_dassl.config import get_cfg_default
+from gopro_prompts.bundled_dassl.data import DataManager, DatasetWrapper, build_data_loader
+from gopro_prompts.bundled_dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum, build_dataset
+from gopro_prompts.bundled_dassl.data.samplers import (
     RandomClassSampler,
     RandomDomainSampler,
     SeqDomainSampler,
@@ -83,7 +83,7 @@ class ListHandler(logging.Handler):
 
 @pytest.fixture
 def data_log():
-    logger = logging.getLogger("promptlab.data")
+    logger = logging.getLogger("gopro_prompts.data")
     handler = ListHandler()
     logger.addHandler(handler)
     old_disable = logging.root.manager.disable

@@ -8,15 +8,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bundled_dassl.config import get_cfg_default
-from bundled_dassl.evaluation import (
+from gopro_prompts.bundled_dassl.config import get_cfg_default
+from gopro_prompts.bundled_dassl.evaluation import (
     EVALUATOR_REGISTRY,
     Classification,
     EvaluatorBase,
     build_evaluator,
     macro_f1_score,
 )
-from bundled_dassl.metrics import compute_accuracy
+from gopro_prompts.bundled_dassl.metrics import compute_accuracy
 
 
 def _cfg(tmp_path=None, **test_keys):

@@ -11,16 +11,16 @@ import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 
-from bundled_dassl import torch_compat
-from bundled_dassl.config import get_cfg_default
-from bundled_dassl.optim import (
+from gopro_prompts.bundled_dassl import torch_compat
+from gopro_prompts.bundled_dassl.config import get_cfg_default
+from gopro_prompts.bundled_dassl.optim import (
     ConstantWarmupScheduler,
     LinearWarmupScheduler,
     RAdam,
     build_lr_scheduler,
     build_optimizer,
 )
-from bundled_dassl.utils import resume_from_checkpoint, save_checkpoint
+from gopro_prompts.bundled_dassl.utils import resume_from_checkpoint, save_checkpoint
 
 
 def _optim_cfg(**overrides):

@@ -19,8 +19,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-import dassl_compat
-from dassl_compat import (
+from gopro_prompts import dassl_compat
+from gopro_prompts.dassl_compat import (
     DATASET_REGISTRY,
     TRAINER_REGISTRY,
     DatasetBase,

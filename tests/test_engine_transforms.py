@@ -8,8 +8,8 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from bundled_dassl.config import get_cfg_default
-from bundled_dassl.data.transforms import (
+from gopro_prompts.bundled_dassl.config import get_cfg_default
+from gopro_prompts.bundled_dassl.data.transforms import (
     AVAI_CHOICES,
     INTERPOLATION_MODES,
     Cutout,

@@ -16,8 +16,8 @@ import torch.nn as nn
 from PIL import Image
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-from bundled_dassl import torch_compat, utils
-from bundled_dassl.utils import (
+from gopro_prompts.bundled_dassl import torch_compat, utils
+from gopro_prompts.bundled_dassl.utils import (
     AverageMeter,
     MetricMeter,
     Registry,
@@ -247,7 +247,7 @@ def utils_log():
             records.append(record)
 
     handler = _H(level=logging.WARNING)
-    logger = logging.getLogger("promptlab.bundled_dassl.utils")
+    logger = logging.getLogger("gopro_prompts.bundled_dassl.utils")
     logger.addHandler(handler)
     yield records
     logger.removeHandler(handler)

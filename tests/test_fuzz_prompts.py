@@ -13,9 +13,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trainers.clip_helpers import build_builtin_clip, clean_classname
-from trainers.prompts import build_prompt_parts
-from user_errors import UserError
+from gopro_prompts.trainers.clip_helpers import build_builtin_clip, clean_classname
+from gopro_prompts.trainers.prompts import build_prompt_parts
+from gopro_prompts.user_errors import UserError
 
 CONTEXT = 77
 SPECIAL = ("<|startoftext|>", "<|endoftext|>")
@@ -40,7 +40,7 @@ def clip_model():
 
 
 def _tokens(text):
-    from trainers.clip_helpers import _tokenizer
+    from gopro_prompts.trainers.clip_helpers import _tokenizer
 
     return len(_tokenizer().encode(text))
 

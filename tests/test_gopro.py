@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 import parity
-import train
+from gopro_prompts import train
 from conftest import last_accuracy
-from trainers.config import default_cfg
-from trainers.gopro import GOProModel, layer_statistics, nt_xent
-from user_errors import UserError
+from gopro_prompts.trainers.config import default_cfg
+from gopro_prompts.trainers.gopro import GOProModel, layer_statistics, nt_xent
+from gopro_prompts.user_errors import UserError
 
 NAMES = ["red circle", "blue square", "green triangle", "yellow_star"]
 FAST = ["OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "4"]
@@ -213,7 +213,7 @@ def test_ctx_init_overrides_n_ctx_with_a_warning(tiny_clip, capsys):
 
 
 def test_resnet_backbones_are_rejected(tiny_clip, monkeypatch):
-    import trainers.gopro as gopro
+    import gopro_prompts.trainers.gopro as gopro
 
     monkeypatch.setattr(gopro, "is_vit", lambda m: False)
     with pytest.raises(UserError, match="ViT"):
@@ -336,7 +336,7 @@ def test_batch_size_one_is_a_clear_error(tmp_path, synthetic_root, capfd):
 
 def test_training_batches_without_the_extra_views_are_a_clear_error(tiny_clip):
     """A batch from Dassl's plain DatasetWrapper lacks img2 / img3: the trainer and the model say how to fix it."""
-    from trainers.gopro import GOPro
+    from gopro_prompts.trainers.gopro import GOPro
 
     batch = {"img": views()[0], "label": labels()}
     trainer = GOPro.__new__(GOPro)  # parse_batch_train needs only the device

@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-import train
-from dassl_compat import Datum, build_transform
-from trainers.config import default_cfg
-from trainers.gopro_views import (
+from gopro_prompts import train
+from gopro_prompts.dassl_compat import Datum, build_transform
+from gopro_prompts.trainers.config import default_cfg
+from gopro_prompts.trainers.gopro_views import (
     AUGMIX_OPS, AugMixView, GOProDatasetWrapper, augmix_mix, split_train_transform,
 )
 

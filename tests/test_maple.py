@@ -4,14 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dassl_compat import load_checkpoint
-from trainers.clip_helpers import PRECISIONS
+from gopro_prompts.dassl_compat import load_checkpoint
+from gopro_prompts.trainers.clip_helpers import PRECISIONS
 from conftest import (
     assert_reload_reproduces_logits, assert_step_changed_only_the_prompt_learner, method_cfg, offline_trainer,
     one_step_run, perturb, random_images,
 )
-from trainers.maple import MaPLe, MaPLeModel
-from user_errors import UserError
+from gopro_prompts.trainers.maple import MaPLe, MaPLeModel
+from gopro_prompts.user_errors import UserError
 
 CLASSNAMES = ["dog", "sea_turtle", "forklift", "golden retriever", "air conditioner"]
 
@@ -99,8 +99,9 @@ def test_prompt_depth_out_of_range_is_a_clear_error(tiny_clip, depth):
 
 
 def test_resnet_backbone_is_a_clear_error():
-    import clip
+    from gopro_prompts.trainers.clip_helpers import _clip
 
+    clip = _clip()
     resnet_clip = clip.model.CLIP(64, 32, (1, 1, 1, 1), 32, None, 77, 49408, 64, 1, 3).float()
     with pytest.raises(UserError, match="ViT"):
         MaPLeModel(_cfg(), CLASSNAMES, resnet_clip)

@@ -15,14 +15,14 @@ import textwrap
 import pytest
 import torch
 
-import trainers  # noqa: F401  (registers the trainers)
-from dassl_compat import TRAINER_REGISTRY
-from tools.reference_paths import full_length_suffix, reference_for
-from trainers.clip_helpers import (
+from gopro_prompts import trainers  # noqa: F401  (registers the trainers)
+from gopro_prompts.dassl_compat import TRAINER_REGISTRY
+from gopro_prompts.tools.reference_paths import full_length_suffix, reference_for
+from gopro_prompts.trainers.clip_helpers import (
     TextEncoder, eot_positions, supports_shared_prefix, tokenize, truncation_length,
 )
-from trainers.config import default_cfg
-from trainers.prompts import assemble_per_image, build_prompt_parts
+from gopro_prompts.trainers.config import default_cfg
+from gopro_prompts.trainers.prompts import assemble_per_image, build_prompt_parts
 
 #: class names of very different token lengths (the longest decides the truncation)
 NAMES = ["dog", "sea turtle", "forklift", "golden retriever", "air conditioner",
@@ -226,7 +226,7 @@ def test_frozen_encoders_keep_no_activations(tiny_clip):
 # evaluation mode and host <-> device traffic
 # ----------------------------------------------------------------------------
 def test_trainer_test_runs_in_inference_mode(tmp_path, synthetic_root):
-    import train
+    from gopro_prompts import train
 
     trainer = train.main(["--root", synthetic_root, "--trainer", "CoOp", "--output-dir", str(tmp_path),
                           "--no-train", "DATASET.NUM_SHOTS", "1"])
@@ -250,9 +250,9 @@ def test_trainer_test_runs_in_inference_mode(tmp_path, synthetic_root):
 
 
 FORWARDS = [
-    ("trainers.coop", "CoOpModel"), ("trainers.cocoop", "CoCoOpModel"), ("trainers.maple", "MaPLeModel"),
-    ("trainers.gopro", "GOProModel"), ("trainers.clip_helpers", "TextEncoder"),
-    ("trainers.clip_helpers", "ImageEncoder"), ("trainers.clip_helpers", "_shared_prefix_block"),
+    ("gopro_prompts.trainers.coop", "CoOpModel"), ("gopro_prompts.trainers.cocoop", "CoCoOpModel"), ("gopro_prompts.trainers.maple", "MaPLeModel"),
+    ("gopro_prompts.trainers.gopro", "GOProModel"), ("gopro_prompts.trainers.clip_helpers", "TextEncoder"),
+    ("gopro_prompts.trainers.clip_helpers", "ImageEncoder"), ("gopro_prompts.trainers.clip_helpers", "_shared_prefix_block"),
 ]
 METHODS = ("forward", "forward_train", "encode_text", "encode_prompts", "encode_context", "_forward",
            "text_features", "image_features", "encode_images", "_forward_shared_prefix")

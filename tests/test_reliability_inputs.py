@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import train
+from gopro_prompts import train
 
 FAST = ["DATASET.NUM_SHOTS", "1", "OPTIM.MAX_EPOCH", "1"]
 

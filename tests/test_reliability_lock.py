@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import train
-from train import RunLock, read_lock
-from user_errors import UserError
+from gopro_prompts import train
+from gopro_prompts.run_lock import RunLock, read_lock
+from gopro_prompts.user_errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = RunLock.FILE

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import train
-from trainers.base import ClipTrainer, capture_rng_state, restore_rng_state
+from gopro_prompts import train
+from gopro_prompts.trainers.base import ClipTrainer, capture_rng_state, restore_rng_state
 
 MODEL = "prompt_learner"
 #: the backbone of the embedded offline default
@@ -81,8 +81,8 @@ def test_checkpoint_is_plain_data_with_learnables_rng_config_and_origin(referenc
 
 @pytest.mark.parametrize("trainer", ["CoOp", "CoCoOp", "MaPLe", "GOPro"])
 def test_learnable_state_never_holds_class_dependent_buffers(trainer, tiny_clip):
-    from trainers.config import default_cfg
-    from dassl_compat import TRAINER_REGISTRY
+    from gopro_prompts.trainers.config import default_cfg
+    from gopro_prompts.dassl_compat import TRAINER_REGISTRY
 
     cls = TRAINER_REGISTRY.get(trainer)
     cfg = default_cfg()
@@ -242,7 +242,7 @@ def test_resuming_into_a_folder_of_another_trainer_is_refused(capfd, reference, 
 # ---------------------------------------------------------------- numerical faults
 def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(
         capfd, tmp_path, synthetic_root, monkeypatch):
-    from trainers.coop import CoOpModel
+    from gopro_prompts.trainers.coop import CoOpModel
 
     forward_train = CoOpModel.forward_train
     calls = []
@@ -281,7 +281,7 @@ def test_with_a_grad_scaler_a_non_finite_loss_is_left_to_the_scaler():
 
 # ---------------------------------------------------------------- atomic files
 def test_a_kill_while_overwriting_a_checkpoint_leaves_the_old_file(tmp_path, monkeypatch):
-    from dassl_compat import load_checkpoint, save_checkpoint
+    from gopro_prompts.dassl_compat import load_checkpoint, save_checkpoint
 
     state = {"state_dict": {"w": torch.ones(3)}, "epoch": 1}
     save_checkpoint(dict(state), str(tmp_path), model_name="model-best.pth.tar")

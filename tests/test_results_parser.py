@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import parse_test_res
-from run_results import write_results
-from tools import runs as runs_mod
+from gopro_prompts.run_results import write_results
+from gopro_prompts.tools import runs as runs_mod
 
 
 # ----------------------------------------------------------------------------- tree generators

@@ -9,9 +9,9 @@ import math
 import pytest
 
 from test_results_parser import write_log, write_record
-from tools import published
-from tools import results_tables as rt
-from tools.runs import collect
+from gopro_prompts.tools import published
+from gopro_prompts.tools import results_tables as rt
+from gopro_prompts.tools.runs import collect
 
 
 def b2n_tree(root, *, skip=()):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dassl_compat import load_checkpoint
-from trainers.config import default_cfg
+from gopro_prompts.dassl_compat import load_checkpoint
+from gopro_prompts.trainers.config import default_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"

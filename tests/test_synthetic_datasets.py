@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-import datasets  # noqa: F401  (registers the datasets)
-from dassl_compat import DATASET_REGISTRY
-from datasets import synthetic, synthetic_benchmarks
-from datasets.coop_common import DatasetError
-from trainers.config import default_cfg
+from gopro_prompts import datasets  # noqa: F401  (registers the datasets)
+from gopro_prompts.dassl_compat import DATASET_REGISTRY
+from gopro_prompts.datasets import synthetic, synthetic_benchmarks
+from gopro_prompts.datasets.coop_common import DatasetError
+from gopro_prompts.trainers.config import default_cfg
 
 SMALL = {"train": 3, "val": 1, "test": 2}
 

@@ -13,9 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 
 import pretrain_tiny_clip as pt  # noqa: E402
-from datasets import synthetic_world as world  # noqa: E402
-from datasets.synthetic import SHAPES_DEMO_CLASSES  # noqa: E402
-from trainers.clip_helpers import BUILTIN_CHECKPOINTS, load_clip  # noqa: E402
+from gopro_prompts.datasets import synthetic_world as world  # noqa: E402
+from gopro_prompts.datasets.synthetic import SHAPES_DEMO_CLASSES  # noqa: E402
+from gopro_prompts.trainers.clip_helpers import BUILTIN_CHECKPOINTS, load_clip  # noqa: E402
 
 SHORT = dict(steps=100, batch_size=64, warmup=10, lr=3e-3, log_every=10 ** 6)
 

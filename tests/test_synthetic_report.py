@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tools import synthetic_report as sr
+from gopro_prompts.tools import synthetic_report as sr
 
 REPO = Path(__file__).resolve().parents[1]
 

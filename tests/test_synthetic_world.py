@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from datasets import synthetic_world as world
+from gopro_prompts.datasets import synthetic_world as world
 
 
 def _gen(seed):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import train
+from gopro_prompts import train
 from conftest import last_accuracy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ def test_train_then_eval_only_gives_the_same_accuracy(trainer_name, tmp_path, sy
     assert "Dassl backend: bundled" in log
     assert "Finish training" in log
     trained = last_accuracy(log)
-    from dassl_compat import TRAINER_REGISTRY
+    from gopro_prompts.dassl_compat import TRAINER_REGISTRY
 
     model_name = TRAINER_REGISTRY.get(trainer_name).MODEL_NAME
     assert (out / model_name / "model.pth.tar-1").is_file()
@@ -108,7 +108,7 @@ def test_offline_default_settings_and_overrides():
 
 
 def test_every_config_file_merges():
-    from trainers.config import default_cfg
+    from gopro_prompts.trainers.config import default_cfg
 
     files = sorted((REPO / "configs").rglob("*.yaml"))
     assert any("datasets" in str(f) for f in files) and any("trainers" in str(f) for f in files)

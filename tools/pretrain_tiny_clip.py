@@ -46,8 +46,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from datasets import synthetic_world as world  # noqa: E402
-from trainers.clip_helpers import (  # noqa: E402
+from gopro_prompts.datasets import synthetic_world as world  # noqa: E402
+from gopro_prompts.trainers.clip_helpers import (  # noqa: E402
     BUILTIN_ARCHS, BUILTIN_CHECKPOINTS, TextEncoder, build_builtin_clip, tokenize,
 )
 
@@ -94,7 +94,7 @@ class CaptionTokens:
     """CLIP-tokenizes captions (cached) and maps token ids to rows of a compact table."""
 
     def __init__(self, vocab_size: int):
-        from trainers.clip_helpers import _tokenizer
+        from gopro_prompts.trainers.clip_helpers import _tokenizer
 
         tok = _tokenizer()
         ids = {tok.encoder["<|startoftext|>"], tok.encoder["<|endoftext|>"]}
@@ -284,7 +284,7 @@ def _quick_eval(model, text_encoder, table, tokens):
 # ----------------------------------------------------------------------------
 def model_from_state(state: Dict[str, torch.Tensor]) -> nn.Module:
     """A float32 CLIP built from a state dict, as ``load_clip`` builds it."""
-    from trainers.clip_helpers import _clip
+    from gopro_prompts.trainers.clip_helpers import _clip
 
     return _clip().model.build_model({k: v.clone() for k, v in state.items()}).float().eval()
 
@@ -320,7 +320,7 @@ def evaluate(model: nn.Module, per_class: int = 20) -> Dict[str, float]:
     objects = world.object_classnames()
     half = math.ceil(len(objects) / 2)
     patterns = world.pattern_classnames()
-    from datasets.synthetic import SHAPES_DEMO_CLASSES
+    from gopro_prompts.datasets.synthetic import SHAPES_DEMO_CLASSES
 
     def acc(names, styles, per, camera="faded"):
         return zero_shot_accuracy(model, names, styles, per, camera=camera)

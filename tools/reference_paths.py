@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainers.clip_helpers import clip_logits
+from gopro_prompts.trainers.clip_helpers import clip_logits
 
 __all__ = ["REFERENCES", "reference_for", "full_length_suffix", "official_text_encode"]
 
@@ -172,7 +172,7 @@ class GOProReference(_Reference):
 
     def view(self, images, view_index: int):
         """One view: (image features [B, E], normalised per-image text features [B, C, E])."""
-        from trainers.gopro import layer_statistics
+        from gopro_prompts.trainers.gopro import layer_statistics
 
         m, learner = self.model, self.learner
         feats, tokens = m.image_encoder(images, return_block_tokens=True)
@@ -191,7 +191,7 @@ class GOProReference(_Reference):
         return feats.float(), text
 
     def train_forward(self, inputs, labels):
-        from trainers.gopro import nt_xent
+        from gopro_prompts.trainers.gopro import nt_xent
 
         m = self.model
         views = m._views(inputs)

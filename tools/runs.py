@@ -25,9 +25,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from run_results import RESULTS_FILE, read_results
+from gopro_prompts import resource_path
+from gopro_prompts.run_results import RESULTS_FILE, read_results
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 LOG_FILE = "log.txt"
 #: a Dassl re-run log: log.txt-%Y-%m-%d-%H-%M-%S (dassl-behaviour.md §f.2)
@@ -238,7 +238,7 @@ def dataset_config_names(configs_dir: Optional[str] = None) -> Dict[str, str]:
     global _DATASET_NAMES
     if configs_dir is None and _DATASET_NAMES is not None:
         return _DATASET_NAMES
-    folder = configs_dir or osp.join(REPO_ROOT, "configs", "datasets")
+    folder = configs_dir or resource_path("configs", "datasets")
     names: Dict[str, str] = {}
     if osp.isdir(folder):
         for fname in sorted(os.listdir(folder)):

@@ -1,6 +1,6 @@
 """Write the synthetic benchmark's report: docs/synthetic_results.md and the README section.
 
-    python -m tools.synthetic_report COMPARE_DIR --minutes 21 --seeds 1,2,3 --epochs 4 --cores 2 --jobs 2
+    python -m gopro_prompts.tools.synthetic_report COMPARE_DIR --minutes 21 --seeds 1,2,3 --epochs 4 --cores 2 --jobs 2
 
 ``COMPARE_DIR`` holds the tables that ``scripts/compare.sh`` saved
 (``base2new.md``, ``xd.md``, ``dg.md``).  The report is written to

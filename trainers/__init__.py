@@ -1,2 +1,5 @@
 """Trainers: importing this package registers every trainer and its config node."""
-from trainers import zsclip, coop, cocoop, maple, gopro  # noqa: F401
+if __name__ != "gopro_prompts.trainers":  # one module per file: never a second copy as `trainers`
+    raise ImportError("this folder is the package gopro_prompts.trainers: import it under that name")
+
+from gopro_prompts.trainers import zsclip, coop, cocoop, maple, gopro  # noqa: F401

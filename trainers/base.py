@@ -31,13 +31,14 @@ from typing import Dict
 import numpy as np
 import torch
 
-from dassl_compat import (
+from gopro_prompts.dassl_compat import (
     TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy, get_logger,
     load_checkpoint, load_pretrained_weights, save_checkpoint,
 )
-from trainers import distributed
-from trainers.clip_helpers import PRECISIONS, Precision, load_clip
-from user_errors import UserError
+from gopro_prompts.trainers import distributed
+from gopro_prompts.trainers.clip_helpers import PRECISIONS, Precision, load_clip
+from gopro_prompts.run_lock import pid_exists
+from gopro_prompts.user_errors import UserError
 
 logger = get_logger("trainer")
 
@@ -288,8 +289,8 @@ class ClipTrainer(TrainerX):
         evaluator._captured_by_trainer = True
 
     def _write_results(self, split):
-        import dassl_compat
-        from run_results import build_record, write_results
+        from gopro_prompts import dassl_compat
+        from gopro_prompts.run_results import build_record, write_results
 
         info = getattr(self, "run_info", {}) or {}
         if not self.get_model_names():
@@ -533,19 +534,6 @@ def _remove_dead_temp_files(fdir):
                 logger.info("Removed %s, left by a checkpoint write that was cut short", osp.join(fdir, name))
             except OSError:
                 pass
-
-
-def pid_exists(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this host (owned by anyone)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def _pid_alive(pid: int) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
@@ -28,8 +29,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dassl_compat import get_logger
-from user_errors import UserError
+from gopro_prompts import resource_path
+from gopro_prompts.dassl_compat import get_logger
+from gopro_prompts.user_errors import UserError
 
 logger = get_logger("clip")
 
@@ -45,10 +47,9 @@ BUILTIN_ARCHS = {
 
 #: Built-in *pretrained* checkpoints shipped with the repository: name -> file
 #: (a CLIP state dict, loaded like ``MODEL.BACKBONE.PATH``) and how to (re)make it.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILTIN_CHECKPOINTS = {
     "tiny-synthetic": (
-        os.path.join(_REPO, "assets", "tiny_clip_synthetic.pt"),
+        resource_path("assets", "tiny_clip_synthetic.pt"),
         "python tools/pretrain_tiny_clip.py",
     ),
 }
@@ -56,14 +57,45 @@ BUILTIN_CHECKPOINTS = {
 PRECISIONS = ("fp16", "fp32", "amp", "bf16")
 
 
+#: the module name under which the ``clip-anytorch`` package is loaded: a host code base's own
+#: ``clip`` (e.g. the MaPLe repository's fork, whose ``build_model`` takes two arguments) is never used
+CLIP_MODULE = "gopro_prompts._clip"
+
+
 def _clip():
+    """OpenAI's ``clip`` package (``clip-anytorch``), loaded once under :data:`CLIP_MODULE`.
+
+    It is located through its distribution's files, so whatever ``import clip``
+    would find on ``sys.path`` (a vendored fork, or ``clip`` already imported
+    by the host) plays no part.
+    """
+    module = sys.modules.get(CLIP_MODULE)
+    if module is not None:
+        return module
+    import importlib.metadata
+    import importlib.util
     import warnings
 
-    with warnings.catch_warnings():
-        # clip imports pkg_resources, which warns on recent setuptools.
-        warnings.simplefilter("ignore", UserWarning)
-        import clip  # noqa: WPS433 (deliberately lazy: it costs seconds)
-    return clip
+    try:
+        init = str(importlib.metadata.distribution("clip-anytorch").locate_file("clip/__init__.py"))
+    except importlib.metadata.PackageNotFoundError:
+        init = ""
+    if not os.path.isfile(init):
+        raise UserError("the OpenAI CLIP package is not installed: pip install clip-anytorch "
+                        "(it imports as clip; see requirements.txt)")
+    spec = importlib.util.spec_from_file_location(
+        CLIP_MODULE, init, submodule_search_locations=[os.path.dirname(init)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[CLIP_MODULE] = module
+    try:
+        with warnings.catch_warnings():
+            # clip imports pkg_resources, which warns on recent setuptools.
+            warnings.simplefilter("ignore", UserWarning)
+            spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(CLIP_MODULE, None)
+        raise
+    return module
 
 
 def available_backbones() -> List[str]:
@@ -212,9 +244,7 @@ _TOKENIZER = None
 def _tokenizer():
     global _TOKENIZER
     if _TOKENIZER is None:
-        from clip.simple_tokenizer import SimpleTokenizer
-
-        _TOKENIZER = SimpleTokenizer()
+        _TOKENIZER = _clip().simple_tokenizer.SimpleTokenizer()
     return _TOKENIZER
 
 

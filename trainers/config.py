@@ -13,7 +13,7 @@ from typing import Callable, Dict
 
 from yacs.config import CfgNode as CN
 
-from dassl_compat import get_cfg_default
+from gopro_prompts.dassl_compat import get_cfg_default
 
 #: node name (upper case, e.g. "COOP") -> function(node) that fills its keys
 TRAINER_CONFIGS: Dict[str, Callable[[CN], None]] = {}
@@ -51,7 +51,7 @@ def _vpt(node):  # MaPLe repository node (not a trainer here); kept so its YAMLs
 
 def extend_cfg(cfg: CN) -> CN:
     """Add every trainer node and ``DATASET.SUBSAMPLE_CLASSES`` (§a.4)."""
-    import trainers  # noqa: F401  (registers every trainer and its node)
+    from gopro_prompts import trainers  # noqa: F401  (registers every trainer and its node)
 
     for node_name, fill in TRAINER_CONFIGS.items():
         node = CN()

@@ -10,12 +10,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dassl_compat import TRAINER_REGISTRY
-from trainers.base import ClipTrainer
-from trainers.clip_helpers import ImageEncoder, TextEncoder, clip_logits
-from trainers.config import register_trainer_config
-from trainers.prompts import build_prompt_parts, make_context, register_class_buffers
-from user_errors import UserError
+from gopro_prompts.dassl_compat import TRAINER_REGISTRY
+from gopro_prompts.trainers.base import ClipTrainer
+from gopro_prompts.trainers.clip_helpers import ImageEncoder, TextEncoder, clip_logits
+from gopro_prompts.trainers.config import register_trainer_config
+from gopro_prompts.trainers.prompts import build_prompt_parts, make_context, register_class_buffers
+from gopro_prompts.user_errors import UserError
 
 POSITIONS = ("end", "middle", "front")
 

@@ -37,8 +37,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from dassl_compat import get_logger
-from user_errors import UserError
+from gopro_prompts.dassl_compat import get_logger
+from gopro_prompts.user_errors import UserError
 
 logger = get_logger("distributed")
 

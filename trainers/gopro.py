@@ -33,13 +33,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dassl_compat import TRAINER_REGISTRY, DataManager, get_logger
-from trainers.base import ClipTrainer
-from trainers.clip_helpers import ImageEncoder, TextEncoder, clip_logits, is_vit, supports_shared_prefix
-from trainers.config import register_trainer_config
-from trainers.gopro_views import GOProDatasetWrapper
-from trainers.prompts import assemble_per_image, build_prompt_parts, make_context, register_class_buffers
-from user_errors import UserError
+from gopro_prompts.dassl_compat import TRAINER_REGISTRY, DataManager, get_logger
+from gopro_prompts.trainers.base import ClipTrainer
+from gopro_prompts.trainers.clip_helpers import ImageEncoder, TextEncoder, clip_logits, is_vit, supports_shared_prefix
+from gopro_prompts.trainers.config import register_trainer_config
+from gopro_prompts.trainers.gopro_views import GOProDatasetWrapper
+from gopro_prompts.trainers.prompts import assemble_per_image, build_prompt_parts, make_context, register_class_buffers
+from gopro_prompts.user_errors import UserError
 
 logger = get_logger("gopro")
 

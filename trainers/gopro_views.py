@@ -31,7 +31,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
-from dassl_compat import DatasetWrapper, INTERPOLATION_MODES, read_image
+from gopro_prompts.dassl_compat import DatasetWrapper, INTERPOLATION_MODES, read_image
 
 __all__ = [
     "AUGMIX_OPS", "AugMixView", "GOProDatasetWrapper", "GaussianBlurPIL", "augmix_mix",

@@ -13,8 +13,8 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
-from trainers.clip_helpers import clean_classname, name_token_length, tokenize, truncation_length
-from user_errors import UserError
+from gopro_prompts.trainers.clip_helpers import clean_classname, name_token_length, tokenize, truncation_length
+from gopro_prompts.user_errors import UserError
 
 
 @dataclass

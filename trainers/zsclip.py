@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dassl_compat import TRAINER_REGISTRY
-from trainers.base import ClipTrainer, check_input_size
-from trainers.clip_helpers import ImageEncoder, clean_classname, clip_logits, tokenize
+from gopro_prompts.dassl_compat import TRAINER_REGISTRY
+from gopro_prompts.trainers.base import ClipTrainer, check_input_size
+from gopro_prompts.trainers.clip_helpers import ImageEncoder, clean_classname, clip_logits, tokenize
 
 CUSTOM_TEMPLATES = {
     "OxfordPets": "a photo of a {}, a type of pet.",

@@ -22,8 +22,8 @@ from ..utils import Registry, check_availability
 __all__ = ["DATASET_REGISTRY", "Datum", "DatasetBase", "build_dataset"]
 
 # Never import dassl_compat inside bundled_dassl: a plain child of the
-# project's "promptlab" logger, which dassl_compat.get_logger() configures.
-_LOGGER = logging.getLogger("promptlab.data")
+# project's "gopro_prompts" logger, which dassl_compat.get_logger() configures.
+_LOGGER = logging.getLogger("gopro_prompts.data")
 
 DATASET_REGISTRY = Registry("DATASET")
 

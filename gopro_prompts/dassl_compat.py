@@ -93,7 +93,7 @@ if BACKEND == "dassl":  # pragma: no cover - verified on machines that have Dass
     )
     from dassl.utils import load_checkpoint as _real_load_checkpoint
     from dassl.utils import save_checkpoint as _real_save_checkpoint
-    from bundled_dassl import torch_compat as _torch_compat
+    from gopro_prompts.bundled_dassl import torch_compat as _torch_compat
 
     # §d.5 fix 1: warmup schedulers are built by our plain-data wrapper around
     # real Dassl's successor schedule (constructing Dassl's wrapper raises
@@ -105,17 +105,17 @@ if BACKEND == "dassl":  # pragma: no cover - verified on machines that have Dass
     # Deliberate fix (§f.4): checkpoint files and the pointer are written atomically.
     save_checkpoint = _torch_compat.make_save_checkpoint(_real_save_checkpoint)
 else:
-    from bundled_dassl.config import get_cfg_default, clean_cfg
-    from bundled_dassl.engine import (
+    from gopro_prompts.bundled_dassl.config import get_cfg_default, clean_cfg
+    from gopro_prompts.bundled_dassl.engine import (
         TRAINER_REGISTRY, TrainerBase, SimpleTrainer, TrainerX, build_trainer,
     )
-    from bundled_dassl.data import DataManager, DatasetWrapper
-    from bundled_dassl.data.datasets import DATASET_REGISTRY, Datum, DatasetBase, build_dataset
-    from bundled_dassl.data.transforms import build_transform, INTERPOLATION_MODES
-    from bundled_dassl.optim import build_optimizer, build_lr_scheduler
-    from bundled_dassl.metrics import compute_accuracy
-    from bundled_dassl.evaluation import build_evaluator, EVALUATOR_REGISTRY, Classification
-    from bundled_dassl.utils import (
+    from gopro_prompts.bundled_dassl.data import DataManager, DatasetWrapper
+    from gopro_prompts.bundled_dassl.data.datasets import DATASET_REGISTRY, Datum, DatasetBase, build_dataset
+    from gopro_prompts.bundled_dassl.data.transforms import build_transform, INTERPOLATION_MODES
+    from gopro_prompts.bundled_dassl.optim import build_optimizer, build_lr_scheduler
+    from gopro_prompts.bundled_dassl.metrics import compute_accuracy
+    from gopro_prompts.bundled_dassl.evaluation import build_evaluator, EVALUATOR_REGISTRY, Classification
+    from gopro_prompts.bundled_dassl.utils import (
         setup_logger, set_random_seed, collect_env_info, load_pretrained_weights,
         load_checkpoint, save_checkpoint, resume_from_checkpoint, read_json, write_json,
         mkdir_if_missing, listdir_nohidden, check_isfile, read_image, MetricMeter,
@@ -139,7 +139,7 @@ class _CurrentStdoutHandler(logging.StreamHandler):
         super().emit(record)
 
 
-_ROOT_LOGGER = "promptlab"
+_ROOT_LOGGER = "gopro_prompts"
 
 
 def get_logger(name: str = "") -> logging.Logger:
