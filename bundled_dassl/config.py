@@ -75,9 +75,6 @@ _DEFAULTS = {
         "BACKBONE": {
             "NAME": "",
             "PRETRAINED": True,
-            # Our extension (not in Dassl): a local CLIP weight file used instead
-            # of downloading MODEL.BACKBONE.NAME; "" keeps the download.
-            "PATH": "",
         },
         "HEAD": {
             "NAME": "",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import errno
 import json
-import logging
 import os
 import os.path as osp
 import pickle
@@ -27,6 +26,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from gopro_prompts.logs import get_logger
+
 __all__ = [
     "setup_logger", "set_random_seed", "collect_env_info", "save_checkpoint",
     "load_checkpoint", "resume_from_checkpoint", "load_pretrained_weights",
@@ -35,9 +36,7 @@ __all__ = [
     "count_num_param", "tolist_if_not", "resume_with_loader",
 ]
 
-# Child of the project's logger root ("gopro_prompts", see dassl_compat.get_logger):
-# once that root has its stdout handler, these records reach stdout/log.txt.
-_logger = logging.getLogger("gopro_prompts.bundled_dassl.utils")
+_logger = get_logger("gopro_prompts.bundled_dassl.utils")
 
 
 # ---------------------------------------------------------------------------

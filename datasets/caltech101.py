@@ -1,5 +1,5 @@
 """Caltech-101 (``dassl-behaviour.md`` §h.6): 100 object classes, split ``split_zhou_Caltech101.json``."""
-from gopro_prompts.dassl_compat import DATASET_REGISTRY
+from gopro_prompts.registry import register_dataset
 
 from .coop_common import CoOpFewShotDataset, read_and_split_data
 
@@ -14,7 +14,7 @@ NEW_CNAMES = {
 }
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class Caltech101(CoOpFewShotDataset):
     """Images ``caltech-101/101_ObjectCategories/<class>/``; without the split file,
     50/20/30 per folder (``BACKGROUND_Google`` and ``Faces_easy`` ignored)."""

@@ -1,11 +1,11 @@
 """Describable Textures (``dassl-behaviour.md`` §h.6): 47 textures, split
 ``split_zhou_DescribableTextures.json``."""
-from gopro_prompts.dassl_compat import DATASET_REGISTRY
+from gopro_prompts.registry import register_dataset
 
 from .coop_common import CoOpFewShotDataset, read_and_split_data
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class DescribableTextures(CoOpFewShotDataset):
     """Images ``dtd/images/<texture>/``; without the split file, 50/20/30 per folder."""
 

@@ -1,5 +1,5 @@
 """EuroSAT RGB (``dassl-behaviour.md`` §h.6): 10 land-cover classes, split ``split_zhou_EuroSAT.json``."""
-from gopro_prompts.dassl_compat import DATASET_REGISTRY
+from gopro_prompts.registry import register_dataset
 
 from .coop_common import CoOpFewShotDataset, read_and_split_data
 
@@ -18,7 +18,7 @@ NEW_CNAMES = {
 }
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class EuroSAT(CoOpFewShotDataset):
     """Images ``eurosat/2750/<Class>/``; without the split file, 50/20/30 per folder."""
 

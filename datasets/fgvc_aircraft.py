@@ -1,12 +1,12 @@
 """FGVC-Aircraft (``dassl-behaviour.md`` §h.6): 100 variants, always read from the official lists."""
 import os.path as osp
 
-from gopro_prompts.dassl_compat import DATASET_REGISTRY
+from gopro_prompts.registry import register_dataset
 
 from .coop_common import CoOpFewShotDataset, DatasetError, new_datum
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class FGVCAircraft(CoOpFewShotDataset):
     """Classes = lines of ``variants.txt`` (label = line index); splits from
     ``images_variant_{train,val,test}.txt`` (no JSON split file)."""

@@ -1,10 +1,10 @@
 """Food-101 (``dassl-behaviour.md`` §h.6): 101 dishes, split ``split_zhou_Food101.json``."""
-from gopro_prompts.dassl_compat import DATASET_REGISTRY
+from gopro_prompts.registry import register_dataset
 
 from .coop_common import CoOpFewShotDataset, read_and_split_data
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class Food101(CoOpFewShotDataset):
     """Images ``food-101/images/<dish>/``; without the split file, 50/20/30 per folder."""
 

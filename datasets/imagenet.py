@@ -7,7 +7,8 @@ sampling picks, so the file is reused whenever it exists.
 import os
 import os.path as osp
 
-from gopro_prompts.dassl_compat import DATASET_REGISTRY, DatasetBase, listdir_nohidden
+from gopro_prompts.dassl_compat import DatasetBase, listdir_nohidden
+from gopro_prompts.registry import register_dataset
 
 from .coop_common import (
     CacheError,
@@ -29,7 +30,7 @@ from .coop_common import (
 from .datum_pickle import load_datum_pickle, save_datum_pickle
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class ImageNet(DatasetBase):
     """``imagenet/images/{train,val}/<wnid>/`` + ``classnames.txt``; 1000 classes."""
 

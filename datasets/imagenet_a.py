@@ -1,10 +1,10 @@
 """ImageNet-A (``dassl-behaviour.md`` §h.7): test only, its 200 classes named by folder wnid."""
-from gopro_prompts.dassl_compat import DATASET_REGISTRY
+from gopro_prompts.registry import register_dataset
 
 from .imagenet_variants import ImageNetVariant
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class ImageNetA(ImageNetVariant):
     """``imagenet-adversarial/imagenet-a/<wnid>/`` + ``classnames.txt`` (labels 0..199)."""
 

@@ -1,10 +1,10 @@
 """ImageNet-Sketch (``dassl-behaviour.md`` §h.7): test only, 1000 classes."""
-from gopro_prompts.dassl_compat import DATASET_REGISTRY
+from gopro_prompts.registry import register_dataset
 
 from .imagenet_variants import ImageNetVariant
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class ImageNetSketch(ImageNetVariant):
     """``imagenet-sketch/images/<wnid>/`` + ``classnames.txt``."""
 

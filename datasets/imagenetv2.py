@@ -1,13 +1,14 @@
 """ImageNetV2 matched-frequency (``dassl-behaviour.md`` §h.7): test only, 1000 classes."""
 import os.path as osp
 
-from gopro_prompts.dassl_compat import DATASET_REGISTRY, listdir_nohidden
+from gopro_prompts.dassl_compat import listdir_nohidden
+from gopro_prompts.registry import register_dataset
 
 from .coop_common import DATASETS_DOC, DatasetNotFoundError, short_list, new_datum
 from .imagenet_variants import ImageNetVariant
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class ImageNetV2(ImageNetVariant):
     """``imagenetv2/imagenetv2-matched-frequency-format-val/<label>/`` (folders ``0``..``999``)."""
 

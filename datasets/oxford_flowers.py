@@ -3,13 +3,14 @@ import os.path as osp
 import random
 from collections import OrderedDict
 
-from gopro_prompts.dassl_compat import DATASET_REGISTRY, read_json
+from gopro_prompts.dassl_compat import read_json
+from gopro_prompts.registry import register_dataset
 from scipy.io import loadmat
 
 from .coop_common import CoOpFewShotDataset, DatasetError, new_datum
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class OxfordFlowers(CoOpFewShotDataset):
     """Images ``oxford_flowers/jpg/image_XXXXX.jpg``; without the split file, built
     from ``imagelabels.mat`` and ``cat_to_name.json`` (50/20/30 per class)."""

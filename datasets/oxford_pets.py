@@ -1,12 +1,12 @@
 """Oxford-IIIT Pets (``dassl-behaviour.md`` §h.6): 37 breeds, split ``split_zhou_OxfordPets.json``."""
 import os.path as osp
 
-from gopro_prompts.dassl_compat import DATASET_REGISTRY
+from gopro_prompts.registry import register_dataset
 
 from .coop_common import CoOpFewShotDataset, new_datum, split_trainval
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class OxfordPets(CoOpFewShotDataset):
     """Images in ``oxford_pets/images``; without the split file, built from
     ``annotations/trainval.txt`` (80/20 train/val) and ``annotations/test.txt``."""

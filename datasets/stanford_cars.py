@@ -6,7 +6,7 @@ Unlike the other datasets, split paths are relative to the dataset folder
 import os.path as osp
 
 import numpy as np
-from gopro_prompts.dassl_compat import DATASET_REGISTRY
+from gopro_prompts.registry import register_dataset
 from scipy.io import loadmat
 
 from .coop_common import CoOpFewShotDataset, new_datum, split_trainval
@@ -17,7 +17,7 @@ def _scalar(value):
     return np.asarray(value).ravel()[0]
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class StanfordCars(CoOpFewShotDataset):
     """Without the split file, built from ``devkit/cars_train_annos.mat`` (80/20
     train/val), ``cars_test_annos_withlabels.mat`` (test) and ``devkit/cars_meta.mat``."""

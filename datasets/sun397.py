@@ -1,12 +1,12 @@
 """SUN397 (``dassl-behaviour.md`` §h.6): 397 scene classes, split ``split_zhou_SUN397.json``."""
 import os.path as osp
 
-from gopro_prompts.dassl_compat import DATASET_REGISTRY
+from gopro_prompts.registry import register_dataset
 
 from .coop_common import CoOpFewShotDataset, DatasetError, new_datum, split_trainval
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class SUN397(CoOpFewShotDataset):
     """Images in ``sun397/SUN397``; without the split file, built from
     ``ClassName.txt``, ``Training_01.txt`` (80/20 train/val) and ``Testing_01.txt``."""

@@ -35,7 +35,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from PIL import Image
 
-from gopro_prompts.dassl_compat import DATASET_REGISTRY, Datum, get_logger, mkdir_if_missing, write_json
+from gopro_prompts.dassl_compat import Datum, get_logger, mkdir_if_missing, write_json
+from gopro_prompts.registry import register_dataset
 from gopro_prompts.datasets import synthetic_world as world
 from gopro_prompts.datasets.coop_common import CoOpFewShotDataset, DatasetError
 
@@ -230,7 +231,7 @@ class SyntheticDataset(CoOpFewShotDataset):
         return out
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class SyntheticShapes(SyntheticDataset):
     """The embedded offline default: 12 coloured shapes in three styles (see module docstring)."""
 

@@ -23,7 +23,7 @@ Every dataset also accepts ``DATASET.SOURCE_DOMAINS`` / ``TARGET_DOMAINS``
 """
 from __future__ import annotations
 
-from gopro_prompts.dassl_compat import DATASET_REGISTRY
+from gopro_prompts.registry import register_dataset
 from gopro_prompts.datasets import synthetic_world as world
 from gopro_prompts.datasets.synthetic import SyntheticDataset
 
@@ -40,7 +40,7 @@ class _BenchmarkDataset(SyntheticDataset):
     per_style = BENCHMARK_PER_STYLE
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class SyntheticObjects(_BenchmarkDataset):
     """64 colour x shape classes in photo style (base-to-new; source of XD / DG)."""
 
@@ -63,28 +63,28 @@ class _SyntheticObjectsInStyle(SyntheticObjects):
         cls.default_test_styles = (cls.style,)
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class SyntheticObjectsSketch(_SyntheticObjectsInStyle):
     """SyntheticObjects' classes as sketches (domain generalisation target)."""
 
     style = "sketch"
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class SyntheticObjectsCartoon(_SyntheticObjectsInStyle):
     """SyntheticObjects' classes as cartoons (domain generalisation target)."""
 
     style = "cartoon"
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class SyntheticObjectsPainting(_SyntheticObjectsInStyle):
     """SyntheticObjects' classes as paintings (domain generalisation target)."""
 
     style = "painting"
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class SyntheticPatterns(_BenchmarkDataset):
     """32 colour x texture swatch classes in photo style (cross-dataset target)."""
 

@@ -2,12 +2,12 @@
 import os.path as osp
 import re
 
-from gopro_prompts.dassl_compat import DATASET_REGISTRY
+from gopro_prompts.registry import register_dataset
 
 from .coop_common import CoOpFewShotDataset, DatasetError, new_datum, split_trainval
 
 
-@DATASET_REGISTRY.register()
+@register_dataset
 class UCF101(CoOpFewShotDataset):
     """Images ``ucf101/UCF-101-midframes/<Split_Action>/<clip>.jpg``; without the split
     file, built from ``ucfTrainTestlist/{classInd,trainlist01,testlist01}.txt``."""

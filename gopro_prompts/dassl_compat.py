@@ -20,15 +20,15 @@ replaces exactly those two things (``build_lr_scheduler`` when a warmup is
 configured, and the checkpoint readers), plus one deliberate fix: checkpoints
 are written atomically (``save_checkpoint``: temp file, then rename; real
 Dassl writes to the final path, so a kill mid-write leaves a truncated file).
-Nothing else is replaced.  Importing real Dassl also disables ``logging``
-warnings process-wide; :func:`get_logger` re-enables them for our loggers.
+Nothing else is replaced.  :func:`get_logger` (:mod:`gopro_prompts.logs`) gives
+the package's loggers, which print even after real Dassl's ``logging.disable``.
 """
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
-import sys
+
+from gopro_prompts.logs import get_logger
 
 __all__ = [
     "BACKEND",
@@ -121,39 +121,3 @@ else:
         mkdir_if_missing, listdir_nohidden, check_isfile, read_image, MetricMeter,
         AverageMeter, Registry, check_availability, count_num_param, tolist_if_not,
     )
-
-
-class _CurrentStdoutHandler(logging.StreamHandler):
-    """A handler that always writes to the *current* ``sys.stdout``.
-
-    ``setup_logger`` (both backends) replaces ``sys.stdout`` with a tee into
-    ``log.txt``; resolving the stream at emit time makes our log lines reach
-    that file no matter when the logger was created.
-    """
-
-    def __init__(self):
-        super().__init__(stream=sys.stdout)
-
-    def emit(self, record):
-        self.stream = sys.stdout
-        super().emit(record)
-
-
-_ROOT_LOGGER = "gopro_prompts"
-
-
-def get_logger(name: str = "") -> logging.Logger:
-    """Logger for library code: INFO and above to stdout (hence to ``log.txt``)."""
-    # Real Dassl calls logging.disable(WARNING) at import; undo it for everyone.
-    if logging.root.manager.disable:
-        logging.disable(logging.NOTSET)
-    root = logging.getLogger(_ROOT_LOGGER)
-    if not any(isinstance(h, _CurrentStdoutHandler) for h in root.handlers):
-        handler = _CurrentStdoutHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        root.propagate = False
-    if not name:
-        return root
-    return root.getChild(name.replace(f"{_ROOT_LOGGER}.", "", 1))

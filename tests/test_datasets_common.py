@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gopro_prompts import datasets  # noqa: F401  (registers the datasets)
+from gopro_prompts.registry import register_all
 from gopro_prompts.dassl_compat import DATASET_REGISTRY, Datum, get_cfg_default
 from gopro_prompts.datasets import coop_common
 from gopro_prompts.datasets.coop_common import (
@@ -26,6 +26,8 @@ from gopro_prompts.datasets.coop_common import (
     subsample_classes,
 )
 from gopro_prompts.datasets.datum_pickle import dump_datum_pickle, load_datum_pickle, save_datum_pickle
+
+register_all()  # our datasets and trainers in the backend's registries
 
 # A stand-in for real Dassl's ``dassl.data.datasets.base_dataset`` (plain class with the
 # same four instance attributes), used in subprocesses to play "a CoOp run with Dassl".

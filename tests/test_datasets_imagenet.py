@@ -5,11 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from gopro_prompts import datasets  # noqa: F401  (registers the datasets)
+from gopro_prompts.registry import register_all
 from gopro_prompts.dassl_compat import DATASET_REGISTRY, Datum, get_cfg_default
 from gopro_prompts.datasets.coop_common import DatasetNotFoundError, ImageNotFoundError
 from gopro_prompts.datasets.datum_pickle import load_datum_pickle
 from conftest import touch_jpeg
+
+register_all()  # our datasets and trainers in the backend's registries
 
 N_WNIDS = 1000
 WNIDS = [f"n{1440764 + 7 * i:08d}" for i in range(N_WNIDS)]

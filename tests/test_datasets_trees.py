@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-from gopro_prompts import datasets  # noqa: F401  (registers the datasets)
+from gopro_prompts.registry import register_all
 from gopro_prompts.dassl_compat import DATASET_REGISTRY, get_cfg_default
 from gopro_prompts.datasets.coop_common import DatasetNotFoundError, ImageNotFoundError
 from conftest import touch_jpeg
+
+register_all()  # our datasets and trainers in the backend's registries
 
 
 def make_cfg(root, name, shots=-1, seed=1, subsample="all"):

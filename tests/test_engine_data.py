@@ -13,6 +13,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from gopro_prompts.bundled_dassl.config import get_cfg_default
+from gopro_prompts.logs import get_logger
 from gopro_prompts.bundled_dassl.data import DataManager, DatasetWrapper, build_data_loader
 from gopro_prompts.bundled_dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum, build_dataset
 from gopro_prompts.bundled_dassl.data.samplers import (
@@ -83,7 +84,7 @@ class ListHandler(logging.Handler):
 
 @pytest.fixture
 def data_log():
-    logger = logging.getLogger("gopro_prompts.data")
+    logger = get_logger("gopro_prompts.data")
     handler = ListHandler()
     logger.addHandler(handler)
     old_disable = logging.root.manager.disable

@@ -17,6 +17,7 @@ from PIL import Image
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from gopro_prompts.bundled_dassl import torch_compat, utils
+from gopro_prompts.logs import get_logger
 from gopro_prompts.bundled_dassl.utils import (
     AverageMeter,
     MetricMeter,
@@ -247,7 +248,7 @@ def utils_log():
             records.append(record)
 
     handler = _H(level=logging.WARNING)
-    logger = logging.getLogger("gopro_prompts.bundled_dassl.utils")
+    logger = get_logger("gopro_prompts.bundled_dassl.utils")
     logger.addHandler(handler)
     yield records
     logger.removeHandler(handler)

@@ -15,7 +15,7 @@ import textwrap
 import pytest
 import torch
 
-from gopro_prompts import trainers  # noqa: F401  (registers the trainers)
+from gopro_prompts.registry import register_all
 from gopro_prompts.dassl_compat import TRAINER_REGISTRY
 from gopro_prompts.tools.reference_paths import full_length_suffix, reference_for
 from gopro_prompts.trainers.clip_helpers import (
@@ -23,6 +23,8 @@ from gopro_prompts.trainers.clip_helpers import (
 )
 from gopro_prompts.trainers.config import default_cfg
 from gopro_prompts.trainers.prompts import assemble_per_image, build_prompt_parts
+
+register_all()  # our datasets and trainers in the backend's registries
 
 #: class names of very different token lengths (the longest decides the truncation)
 NAMES = ["dog", "sea turtle", "forklift", "golden retriever", "air conditioner",

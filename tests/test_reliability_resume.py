@@ -82,10 +82,10 @@ def test_checkpoint_is_plain_data_with_learnables_rng_config_and_origin(referenc
 @pytest.mark.parametrize("trainer", ["CoOp", "CoCoOp", "MaPLe", "GOPro"])
 def test_learnable_state_never_holds_class_dependent_buffers(trainer, tiny_clip):
     from gopro_prompts.trainers.config import default_cfg
+    cfg = default_cfg()  # also registers our trainers
     from gopro_prompts.dassl_compat import TRAINER_REGISTRY
 
     cls = TRAINER_REGISTRY.get(trainer)
-    cfg = default_cfg()
     cfg.merge_from_list(list(cls.OFFLINE_DEFAULTS))
     if trainer == "MaPLe":
         cfg.merge_from_list(["TRAINER.MAPLE.PROMPT_DEPTH", 2])

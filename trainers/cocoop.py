@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gopro_prompts.dassl_compat import TRAINER_REGISTRY
+from gopro_prompts.registry import register_trainer
 from gopro_prompts.trainers.base import ClipTrainer
 from gopro_prompts.trainers.clip_helpers import ImageEncoder, TextEncoder, clip_logits, supports_shared_prefix
 from gopro_prompts.trainers.config import register_trainer_config
@@ -160,7 +160,7 @@ class CoCoOpModel(nn.Module):
         }
 
 
-@TRAINER_REGISTRY.register()
+@register_trainer
 class CoCoOp(ClipTrainer):
     """Conditional Context Optimization (CoCoOp)."""
 

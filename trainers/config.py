@@ -2,10 +2,12 @@
 
 Each trainer module declares its ``TRAINER.<NODE>`` keys with
 :func:`register_trainer_config`; :func:`extend_cfg` adds every registered node
-(plus ``DATASET.SUBSAMPLE_CLASSES`` and the MaPLe repository's extra nodes, so
-every YAML written for CoOp / CoCoOp / MaPLe merges unchanged) to a Dassl
-default config -- the same layering as the official ``train.py``
-(dassl-behaviour.md §a.1, §a.4).
+(plus ``MODEL.BACKBONE.PATH``, ``DATASET.SUBSAMPLE_CLASSES`` and the MaPLe
+repository's extra nodes, so every YAML written for CoOp / CoCoOp / MaPLe
+merges unchanged) to a Dassl default config: the layering of the official
+CoOp ``train.py`` (``get_cfg_default()``, then ``extend_cfg(cfg)``, then the
+dataset and method YAMLs, then the command-line opts).  Inside another code
+base, :func:`add_missing_keys` adds only what that code base lacks.
 """
 from __future__ import annotations
 
@@ -49,18 +51,55 @@ def _vpt(node):  # MaPLe repository node (not a trainer here); kept so its YAMLs
     node.PROMPT_DEPTH_VISION = 1
 
 
-def extend_cfg(cfg: CN) -> CN:
-    """Add every trainer node and ``DATASET.SUBSAMPLE_CLASSES`` (§a.4)."""
-    from gopro_prompts import trainers  # noqa: F401  (registers every trainer and its node)
+#: keys outside TRAINER that our code reads and Dassl's defaults lack: key path -> default
+EXTRA_KEYS = {
+    ("MODEL", "BACKBONE", "PATH"): "",  # a local CLIP file, instead of MODEL.BACKBONE.NAME
+    ("DATASET", "SUBSAMPLE_CLASSES"): "all",  # all, base or new (the CoCoOp repository's key)
+}
 
-    for node_name, fill in TRAINER_CONFIGS.items():
-        node = CN()
-        fill(node)
-        cfg.TRAINER[node_name] = node
-    cfg.DATASET.SUBSAMPLE_CLASSES = "all"  # all, base or new
+
+def add_missing_keys(cfg: CN, nodes=None) -> CN:
+    """Add our keys that ``cfg`` lacks; never change a key it already has.
+
+    ``nodes``: the ``TRAINER.<NODE>`` names to add (default: every registered
+    one).  A node the config already has (a host code base's own
+    ``TRAINER.COOP``) only gains the keys it is missing.
+    """
+    for path, default in EXTRA_KEYS.items():
+        node = cfg
+        for key in path[:-1]:
+            node = node[key]
+        if path[-1] not in node:
+            node[path[-1]] = default
+    for node_name in (TRAINER_CONFIGS if nodes is None else nodes):
+        defaults = CN()
+        TRAINER_CONFIGS[node_name](defaults)
+        if node_name not in cfg.TRAINER:
+            cfg.TRAINER[node_name] = defaults
+        else:
+            _fill_missing(cfg.TRAINER[node_name], defaults)
     return cfg
 
 
+def _fill_missing(node: CN, defaults: CN) -> None:
+    for key, value in defaults.items():
+        if key not in node:
+            node[key] = value
+        elif isinstance(value, CN) and isinstance(node[key], CN):
+            _fill_missing(node[key], value)
+
+
+def extend_cfg(cfg: CN) -> CN:
+    """Every trainer node, ``MODEL.BACKBONE.PATH`` and ``DATASET.SUBSAMPLE_CLASSES`` (the official
+    ``train.py``'s ``extend_cfg`` hook, for all of our trainers)."""
+    from gopro_prompts import trainers  # noqa: F401  (every trainer module declares its node)
+
+    return add_missing_keys(cfg)
+
+
 def default_cfg() -> CN:
-    """Dassl's defaults extended with our nodes (not frozen)."""
+    """Dassl's defaults extended with our keys (not frozen); our trainers and datasets registered."""
+    from gopro_prompts.registry import register_all
+
+    register_all()
     return extend_cfg(get_cfg_default())

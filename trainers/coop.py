@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gopro_prompts.dassl_compat import TRAINER_REGISTRY
+from gopro_prompts.registry import register_trainer
 from gopro_prompts.trainers.base import ClipTrainer
 from gopro_prompts.trainers.clip_helpers import ImageEncoder, TextEncoder, clip_logits
 from gopro_prompts.trainers.config import register_trainer_config
@@ -123,7 +123,7 @@ class CoOpModel(nn.Module):
         }
 
 
-@TRAINER_REGISTRY.register()
+@register_trainer
 class CoOp(ClipTrainer):
     """Context Optimization (CoOp)."""
 

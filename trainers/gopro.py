@@ -33,7 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gopro_prompts.dassl_compat import TRAINER_REGISTRY, DataManager, get_logger
+from gopro_prompts.dassl_compat import DataManager, get_logger
+from gopro_prompts.registry import register_trainer
 from gopro_prompts.trainers.base import ClipTrainer
 from gopro_prompts.trainers.clip_helpers import ImageEncoder, TextEncoder, clip_logits, is_vit, supports_shared_prefix
 from gopro_prompts.trainers.config import register_trainer_config
@@ -402,7 +403,7 @@ class GOProModel(nn.Module):
 # ----------------------------------------------------------------------------
 # the trainer
 # ----------------------------------------------------------------------------
-@TRAINER_REGISTRY.register()
+@register_trainer
 class GOPro(ClipTrainer):
     """GOPro: per-image prompts from CLIP's layer statistics, trained on three views."""
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gopro_prompts.dassl_compat import TRAINER_REGISTRY
+from gopro_prompts.registry import register_trainer
 from gopro_prompts.trainers.base import ClipTrainer
 from gopro_prompts.trainers.clip_helpers import ImageEncoder, TextEncoder, clip_logits, is_vit
 from gopro_prompts.trainers.config import register_trainer_config
@@ -187,7 +187,7 @@ class MaPLeModel(nn.Module):
 _OFFICIAL_NAMES = (("proj.", "ctx_to_vision_proj."), ("compound_prompt_projections.", "visual_prompt_proj."))
 
 
-@TRAINER_REGISTRY.register()
+@register_trainer
 class MaPLe(ClipTrainer):
     """Multi-modal Prompt Learning (MaPLe)."""
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gopro_prompts.dassl_compat import TRAINER_REGISTRY
+from gopro_prompts.registry import register_trainer
 from gopro_prompts.trainers.base import ClipTrainer, check_input_size
 from gopro_prompts.trainers.clip_helpers import ImageEncoder, clean_classname, clip_logits, tokenize
 
@@ -75,7 +75,7 @@ class ZeroShotModel(nn.Module):
         return clip_logits(self.image_encoder(images), self.text_features, self.logit_scale)
 
 
-@TRAINER_REGISTRY.register()
+@register_trainer
 class ZeroshotCLIP(ClipTrainer):
     """CLIP with the dataset's hand-crafted prompt."""
 
@@ -107,7 +107,7 @@ class ZeroshotCLIP(ClipTrainer):
         return self.test()
 
 
-@TRAINER_REGISTRY.register()
+@register_trainer
 class ZeroshotCLIP2(ZeroshotCLIP):
     """CLIP with an ensemble of ImageNet templates (+ the dataset template)."""
 

@@ -9,7 +9,6 @@ project's ``datasets/`` package registers them into ``DATASET_REGISTRY``.
 """
 from __future__ import annotations
 
-import logging
 import os
 import os.path as osp
 import random
@@ -17,13 +16,13 @@ import tarfile
 import zipfile
 from collections import defaultdict
 
+from gopro_prompts.logs import get_logger
+
 from ..utils import Registry, check_availability
 
 __all__ = ["DATASET_REGISTRY", "Datum", "DatasetBase", "build_dataset"]
 
-# Never import dassl_compat inside bundled_dassl: a plain child of the
-# project's "gopro_prompts" logger, which dassl_compat.get_logger() configures.
-_LOGGER = logging.getLogger("gopro_prompts.data")
+_LOGGER = get_logger("gopro_prompts.data")
 
 DATASET_REGISTRY = Registry("DATASET")
 
