@@ -30,6 +30,7 @@ import copyreg
 import io
 import os
 import pickle
+import uuid
 
 from gopro_prompts.dassl_compat import Datum
 from gopro_prompts.user_errors import UserError
@@ -136,7 +137,8 @@ def save_datum_pickle(obj, path: str) -> None:
     leave a truncated cache behind.
     """
     data = dump_datum_pickle(obj)
-    tmp_path = f"{path}.tmp{os.getpid()}"
+    # a name of its own per writer: two threads of one process share the pid
+    tmp_path = f"{path}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         with open(tmp_path, "wb") as f:
             f.write(data)
