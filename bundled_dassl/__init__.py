@@ -1,17 +1,20 @@
-"""A Dassl-compatible engine bundled with this project.
+"""A Dassl-compatible engine bundled with this project (``gopro_prompts.bundled_dassl``).
 
-Used through :mod:`dassl_compat` when the real Dassl.pytorch (not on PyPI) is
-absent.  It reproduces the public behaviour of Dassl 0.6.3 as specified in
-``shared/notes/dassl-behaviour.md``, under the same module and object names:
+Used through :mod:`gopro_prompts.dassl_compat` when the real Dassl.pytorch (not
+on PyPI) is absent.  It follows the public behaviour and design of Dassl 0.6.3
+(https://github.com/KaiyangZhou/Dassl.pytorch, MIT License, Copyright (c) 2020
+Kaiyang Zhou): the same module and object names, config keys and defaults,
+trainer loop and printed lines.  It is written for this project; no Dassl file
+is copied into it (see LICENSE).
 
-* :mod:`bundled_dassl.config`      -- ``get_cfg_default``, ``clean_cfg`` (§a)
-* :mod:`bundled_dassl.utils`       -- logging tee, seeding, checkpoints, meters, registry (§f)
-* :mod:`bundled_dassl.optim`       -- ``build_optimizer``, ``build_lr_scheduler`` (§d)
-* :mod:`bundled_dassl.metrics`     -- ``compute_accuracy`` (§e)
-* :mod:`bundled_dassl.evaluation`  -- ``Classification`` evaluator (§e)
-* :mod:`bundled_dassl.data`        -- datasets, transforms, ``DataManager`` (§c)
-* :mod:`bundled_dassl.engine`      -- ``TrainerBase``/``SimpleTrainer``/``TrainerX`` (§b)
-* :mod:`bundled_dassl.torch_compat` -- patches applied to the *real* Dassl on current torch (§d.5)
+* :mod:`.config`       -- ``get_cfg_default``, ``clean_cfg`` (Dassl's ``dassl/config/defaults.py``)
+* :mod:`.utils`        -- logging tee, seeding, checkpoints, meters, registry (``dassl/utils``)
+* :mod:`.optim`        -- ``build_optimizer``, ``build_lr_scheduler`` (``dassl/optim``)
+* :mod:`.metrics`      -- ``compute_accuracy`` (``dassl/metrics``)
+* :mod:`.evaluation`   -- ``Classification`` evaluator (``dassl/evaluation``)
+* :mod:`.data`         -- datasets, transforms, ``DataManager`` (``dassl/data``)
+* :mod:`.engine`       -- ``TrainerBase`` / ``SimpleTrainer`` / ``TrainerX`` (``dassl/engine/trainer.py``)
+* :mod:`.torch_compat` -- the fixes applied to the *real* Dassl 0.6.3 on current PyTorch
 
 Submodules are imported on demand (nothing is imported here), so that each
 can be used on its own.
