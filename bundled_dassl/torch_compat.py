@@ -12,10 +12,19 @@ They are the only places where the real backend is patched:
    and the ``checkpoint`` pointer directly to their final paths, so a run
    killed mid-write leaves a truncated file; ours writes a temp file and
    renames it, with the same files and printed lines.
+4. The log tee (``make_setup_logger``): real Dassl's ``setup_logger``
+   (``dassl/utils/logger.py``) puts a new ``Logger`` tee on top of the current
+   ``sys.stdout``.  A second run in the same process therefore stacks a tee
+   on the first one, and the first run's ``log.txt`` receives every line of
+   the second run; and a dropped ``Logger`` closes the stream it wraps
+   (``Logger.__del__`` -> ``close()`` -> ``self.console.close()``).  Ours
+   closes the previous run's tee first, as the bundled engine does.
 """
 from __future__ import annotations
 
-from typing import Callable
+import io
+import sys
+from typing import Callable, Optional
 
 from .optim import wrap_with_warmup
 from .utils import load_checkpoint as _load_checkpoint_with_fallback
@@ -24,6 +33,7 @@ from .utils import save_checkpoint as _atomic_save_checkpoint
 
 __all__ = [
     "make_build_lr_scheduler", "make_load_checkpoint", "make_resume_from_checkpoint", "make_save_checkpoint",
+    "make_setup_logger",
 ]
 
 
@@ -79,3 +89,50 @@ def make_save_checkpoint(real_save_checkpoint: Callable) -> Callable:
     """
     del real_save_checkpoint
     return _atomic_save_checkpoint
+
+
+def make_setup_logger(real_setup_logger: Callable) -> Callable:
+    """Return ``setup_logger(output=None)``: the real one, after closing the tee of its previous call.
+
+    The real ``setup_logger`` still makes the tee, picks the file name (a
+    time-stamped one when ``log.txt`` exists) and prints nothing.  Before a
+    second call, the tee of the first one is released: its log file is closed
+    (it is never written again), ``sys.stdout`` goes back to the stream that
+    tee wrapped (when the tee is still ``sys.stdout``), and the tee is detached
+    from that stream, so that closing or collecting it can no longer close it.
+    """
+    state = {"tee": None}
+
+    def setup_logger(output: Optional[str] = None) -> None:
+        if output is None:
+            return  # the real one does nothing either
+        previous, state["tee"] = state["tee"], None
+        if previous is not None:
+            release_tee(previous)
+        before = sys.stdout
+        real_setup_logger(output)
+        if sys.stdout is not before:
+            state["tee"] = sys.stdout
+
+    return setup_logger
+
+
+def release_tee(tee) -> None:
+    """Close the log file of a ``setup_logger`` tee and detach it from the stream it wraps.
+
+    If the tee is still ``sys.stdout``, the wrapped stream becomes ``sys.stdout``
+    again.  Works for real Dassl's ``Logger`` and the bundled engine's tee
+    (both keep ``console`` and ``file``).
+    """
+    console = getattr(tee, "console", None)
+    log = getattr(tee, "file", None)
+    if log is not None and not log.closed:
+        log.flush()
+        log.close()
+    tee.file = None
+    if console is None:
+        return
+    if sys.stdout is tee:
+        sys.stdout = console
+    # real Dassl's Logger.close() (also run by Logger.__del__) closes `console`: give it one of its own
+    tee.console = io.StringIO()

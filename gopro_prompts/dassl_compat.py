@@ -20,7 +20,9 @@ replaces exactly those two things (``build_lr_scheduler`` when a warmup is
 configured, and the checkpoint readers), plus one deliberate fix: checkpoints
 are written atomically (``save_checkpoint``: temp file, then rename; real
 Dassl writes to the final path, so a kill mid-write leaves a truncated file).
-Nothing else is replaced.  :func:`get_logger` (:mod:`gopro_prompts.logs`) gives
+One more deliberate fix: ``setup_logger`` closes the previous run's log tee
+before making a new one (real Dassl stacks them within one process).  Nothing
+else is replaced.  :func:`get_logger` (:mod:`gopro_prompts.logs`) gives
 the package's loggers, which print even after real Dassl's ``logging.disable``.
 """
 from __future__ import annotations
@@ -104,6 +106,9 @@ if BACKEND == "dassl":  # pragma: no cover - verified on machines that have Dass
     resume_from_checkpoint = _torch_compat.make_resume_from_checkpoint(load_checkpoint)
     # Deliberate fix (§f.4): checkpoint files and the pointer are written atomically.
     save_checkpoint = _torch_compat.make_save_checkpoint(_real_save_checkpoint)
+    # Deliberate fix: a second run in one process closes the first run's log tee instead of
+    # stacking on it (real Dassl's dassl/utils/logger.py setup_logger), as the bundled engine does.
+    setup_logger = _torch_compat.make_setup_logger(setup_logger)
 else:
     from gopro_prompts.bundled_dassl.config import get_cfg_default, clean_cfg
     from gopro_prompts.bundled_dassl.engine import (

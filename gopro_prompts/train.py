@@ -31,12 +31,13 @@ from gopro_prompts.dassl_compat import (
     DATASET_REGISTRY, TRAINER_REGISTRY, build_trainer, collect_env_info, get_logger,
     set_random_seed, setup_logger,
 )
+from gopro_prompts import cli_plugins, results_capture
+from gopro_prompts.registry import register_all
 from gopro_prompts.run_lock import RunLock
 from gopro_prompts.user_errors import UserError, did_you_mean
 
-from gopro_prompts import datasets  # noqa: F401  (registers the datasets)
-from gopro_prompts import trainers  # noqa: F401  (registers the trainers)
 from gopro_prompts.trainers import distributed
+from gopro_prompts.trainers.base import ClipTrainer
 from gopro_prompts.trainers.config import default_cfg
 
 logger = get_logger("train")
@@ -80,6 +81,10 @@ def get_parser():
     parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
     parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help="import this module (dotted name) or .py file first, e.g. one that registers "
+                             "a Dassl trainer; its extend_cfg(cfg), if defined, runs right after our "
+                             "defaults (repeatable)")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                         help="modify config options using the command-line")
     return parser
@@ -174,13 +179,15 @@ def reset_cfg(cfg, args):
         cfg.MODEL.HEAD.NAME = args.head
 
 
-def _build_cfg(args, offline):
+def _build_cfg(args, offline, plugins=()):
     cfg = default_cfg()
+    cli_plugins.extend_cfg(plugins, cfg)  # a --plugin's keys, before any file or opt is merged
     if offline:
         cfg.DATASET.ROOT = OFFLINE_ROOT
         _merge_opts(cfg, list(OFFLINE_OPTS), "offline defaults")
         trainer_cls = _trainer_class(args.trainer or cfg.TRAINER.NAME)
-        _merge_opts(cfg, list(trainer_cls.OFFLINE_DEFAULTS), f"{trainer_cls.__name__} offline defaults")
+        offline_defaults = list(getattr(trainer_cls, "OFFLINE_DEFAULTS", ()))  # a --plugin's trainer may have none
+        _merge_opts(cfg, offline_defaults, f"{trainer_cls.__name__} offline defaults")
     if args.dataset_config_file:
         _merge_file(cfg, args.dataset_config_file, "dataset config file")
     if args.config_file:
@@ -201,16 +208,23 @@ def _trainer_class(name):
     if not name:
         raise UserError(f"no trainer given: use --trainer with one of {', '.join(names)}")
     if name not in names:
-        raise UserError(f"unknown trainer {name!r}{did_you_mean(name, names)}: valid trainers are {', '.join(names)}")
+        raise UserError(f"unknown trainer {name!r}{did_you_mean(name, names)}: valid trainers are {', '.join(names)}"
+                        f"{cli_plugins.other_backend_hint(name)}")
     return TRAINER_REGISTRY.get(name)
 
 
 def setup_cfg(args):
-    """The config, layered as the official train.py (dassl-behaviour.md §a.1)."""
-    cfg = _build_cfg(args, offline=False)
+    """The config, layered as the official train.py (dassl-behaviour.md §a.1).
+
+    The ``--plugin`` modules are imported first (once per process), so the
+    trainers they register are known.
+    """
+    register_all()  # ours first: a plugin that takes one of our names fails at its own import
+    plugins = cli_plugins.load_plugins(getattr(args, "plugin", None) or [])
+    cfg = _build_cfg(args, offline=False, plugins=plugins)
     offline = not cfg.DATASET.NAME
     if offline:
-        cfg = _build_cfg(args, offline=True)
+        cfg = _build_cfg(args, offline=True, plugins=plugins)
     _trainer_class(cfg.TRAINER.NAME)
     datasets_known = DATASET_REGISTRY.registered_names()
     if cfg.DATASET.NAME not in datasets_known:
@@ -281,6 +295,8 @@ def _run(args, cfg, offline):
         )
     try:
         trainer = build_trainer(cfg)
+        if not isinstance(trainer, ClipTrainer):  # e.g. a --plugin's trainer: results.json all the same
+            results_capture.attach(trainer)
         trainer.run_info = {
             "config_file": args.config_file, "dataset_config_file": args.dataset_config_file,
             "eval_only": args.eval_only, "model_dir": args.model_dir, "load_epoch": args.load_epoch,

@@ -1,6 +1,13 @@
-"""Shared pytest fixtures: the repo on sys.path, shared/ location, a tiny CLIP built once."""
+"""Shared pytest fixtures: the repo on sys.path, shared/ location, a tiny CLIP built once.
+
+The suite runs on either Dassl backend (``DASSL_BACKEND``, default ``bundled``
+here); every test leaves the process as it found it (:func:`_restore_process_state`).
+"""
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import sys
 from pathlib import Path
@@ -13,7 +20,114 @@ for p in (str(REPO), str(REPO / "tests")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+# The README's test command runs on the bundled engine even where real Dassl is importable;
+# the real leg sets DASSL_BACKEND=dassl (.ci/run).  Subprocesses inherit the choice.
 os.environ.setdefault("DASSL_BACKEND", "bundled")
+
+
+def pytest_report_header(config):
+    from gopro_prompts import dassl_compat
+
+    return f"Dassl backend: {dassl_compat.BACKEND} (DASSL_BACKEND={os.environ['DASSL_BACKEND']})"
+
+
+# ------------------------------------------------------------------ one-leg markers (pytest.ini)
+#: marker -> the backend whose leg runs the marked tests
+_LEG_MARKERS = {"bundled_only": "bundled", "real_dassl_only": "dassl"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked for the other leg, with the marker's own reason."""
+    from gopro_prompts import dassl_compat
+
+    for item in items:
+        for name, backend in _LEG_MARKERS.items():
+            marker = item.get_closest_marker(name)
+            if marker is None or dassl_compat.BACKEND == backend:
+                continue
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            assert reason, f"{item.nodeid}: @pytest.mark.{name} needs a reason"
+            item.add_marker(pytest.mark.skip(reason=f"{name} (backend {dassl_compat.BACKEND}): {reason}"))
+
+
+# ------------------------------------------------------------------ process-wide state
+# ``setup_logger`` (called by train.main) replaces sys.stdout with a tee into log.txt, on both
+# backends.  Real Dassl's tee (``dassl/utils/logger.py`` ``Logger``) also closes the stream it
+# wraps when it is closed or garbage-collected (``Logger.__del__`` -> ``close()`` ->
+# ``self.console.close()``): once a test drops it, pytest's capture file (or the real stdout)
+# is closed and every later test fails with "I/O operation on closed file".  Importing real
+# Dassl calls ``logging.disable(WARNING)`` for the whole process.
+
+
+def _is_tee(stream):
+    return hasattr(stream, "console") and hasattr(stream, "file")  # Dassl's Logger, the bundled _Tee
+
+
+def _untee(name):
+    """If ``sys.<name>`` is a ``setup_logger`` tee (or a stack of them): close their log files,
+    detach each from the stream it wraps, so that dropping them can never close that stream, and
+    put back the stream the first tee replaced.  Any other stream is left alone (pytest's own
+    capture fixtures swap the streams too)."""
+    stream, seen = getattr(sys, name), set()
+    if not _is_tee(stream):
+        return
+    while _is_tee(stream) and id(stream) not in seen:
+        seen.add(id(stream))
+        inner, log = stream.console, stream.file
+        if log is not None and not log.closed:
+            log.flush()
+            log.close()
+        stream.file = None
+        stream.console = io.StringIO()  # what Logger.close() may close from now on
+        stream = inner
+    setattr(sys, name, stream)
+
+
+@contextlib.contextmanager
+def _tees_released():
+    try:
+        yield
+    finally:
+        _untee("stdout")
+        _untee("stderr")
+
+
+# pytest's capture swaps sys.stdout back at the end of each phase (setup, call, teardown) and
+# drops whatever a test put there; these wrappers run inside the capture (trylast), so a tee
+# left behind by the phase is released before it is dropped.
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_setup(item):
+    with _tees_released():
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_call(item):
+    with _tees_released():
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    with _tees_released():
+        return (yield)
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state():
+    """After every test: ``sys.stdout`` / ``sys.stderr`` as before it (a tee that ``setup_logger``
+    left behind released, its log file closed) and the ``logging.disable`` level as before it.
+
+    Autouse fixtures are set up before, and torn down after, the test's own capture fixtures
+    (capsys, capfd), so the streams saved here are the ones outside them."""
+    saved = {"stdout": sys.stdout, "stderr": sys.stderr}
+    disabled = logging.root.manager.disable
+    with _tees_released():
+        yield
+    for name, stream in saved.items():
+        if getattr(sys, name) is not stream:
+            setattr(sys, name, stream)
+    logging.disable(disabled)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,10 @@ from yacs.config import CfgNode as CN
 
 from gopro_prompts.bundled_dassl.config import clean_cfg, get_cfg_default
 
+pytestmark = pytest.mark.bundled_only(
+    reason="tests gopro_prompts.bundled_dassl.config directly: "
+           "the same code on every leg, so the bundled leg runs it")
+
 # §a.2, every key with its default (dotted name -> value).
 EXPECTED_DEFAULTS = {
     "VERSION": 1, "OUTPUT_DIR": "./output", "RESUME": "", "SEED": -1, "USE_CUDA": True,

@@ -23,6 +23,10 @@ from gopro_prompts.bundled_dassl.data.samplers import (
     build_sampler,
 )
 
+pytestmark = pytest.mark.bundled_only(
+    reason="tests gopro_prompts.bundled_dassl.data directly: "
+           "the same code on every leg, so the bundled leg runs it")
+
 CLASSNAMES = ["cat", "dog", "sea_turtle", "forklift"]
 
 # Splits handed to the registered test dataset, keyed by DATASET.ROOT.

@@ -18,6 +18,10 @@ from gopro_prompts.bundled_dassl.evaluation import (
 )
 from gopro_prompts.bundled_dassl.metrics import compute_accuracy
 
+pytestmark = pytest.mark.bundled_only(
+    reason="tests gopro_prompts.bundled_dassl.evaluation and .metrics directly: "
+           "the same code on every leg, so the bundled leg runs it")
+
 
 def _cfg(tmp_path=None, **test_keys):
     cfg = get_cfg_default()

@@ -22,6 +22,10 @@ from gopro_prompts.bundled_dassl.optim import (
 )
 from gopro_prompts.bundled_dassl.utils import resume_from_checkpoint, save_checkpoint
 
+pytestmark = pytest.mark.bundled_only(
+    reason="tests gopro_prompts.bundled_dassl.optim and the torch_compat shims (with stand-ins for "
+           "real Dassl's functions) directly: the same code on every leg, so the bundled leg runs it")
+
 
 def _optim_cfg(**overrides):
     """The §d.4 base: LR 0.002, 5 epochs, cosine, 1 constant warmup epoch at 1e-5."""

@@ -19,6 +19,10 @@ from gopro_prompts.bundled_dassl.data.transforms import (
     build_transform,
 )
 
+pytestmark = pytest.mark.bundled_only(
+    reason="tests gopro_prompts.bundled_dassl.data.transforms directly: "
+           "the same code on every leg, so the bundled leg runs it")
+
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 

@@ -40,6 +40,10 @@ from gopro_prompts.bundled_dassl.utils import (
     write_json,
 )
 
+pytestmark = pytest.mark.bundled_only(
+    reason="tests gopro_prompts.bundled_dassl.utils and the torch_compat shims (with stand-ins for "
+           "real Dassl's functions) directly: the same code on every leg, so the bundled leg runs it")
+
 
 # ----------------------------------------------------------------------------- meters (§f.6)
 def test_metric_meter_string_and_updates():

@@ -188,7 +188,8 @@ def test_clip_is_loaded_privately_whatever_clip_means_on_the_path(tmp_path):
     for first, second in (("\nimport clip", ""), ("", "import clip")):
         proc = subprocess.run([sys.executable, "-c", probe.format(first=first, second=second)],
                               cwd=REPO, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": f"{tmp_path / 'host'}{os.pathsep}{REPO}"})
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                  [str(tmp_path / "host"), str(REPO), os.environ.get("PYTHONPATH", "")])})
         assert proc.returncode == 0, proc.stderr[-3000:]
         facts = json.loads(proc.stdout.strip().splitlines()[-1])
         assert facts["host_clip"] is True

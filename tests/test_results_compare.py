@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from gopro_prompts import dassl_compat
+
 REPO = Path(__file__).resolve().parents[1]
 COMPARE = REPO / "scripts" / "compare.sh"
 TINY = ["MODEL.BACKBONE.NAME", "tiny", "INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0"]
@@ -18,7 +20,7 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is no
 
 
 def compare(tmp_path, *args, timeout=300, **env):
-    full_env = {**os.environ, "PYTHON": sys.executable, "DASSL_BACKEND": "bundled",
+    full_env = {**os.environ, "PYTHON": sys.executable,
                 "DATA": str(tmp_path / "data"), "OUTPUT": str(tmp_path / "output"), **env}
     for key in ("CFG", "LOAD_EPOCH", "SHOTS", "XD_SOURCE"):
         if key not in env:
@@ -92,6 +94,7 @@ def test_base2new_end_to_end_on_the_offline_dataset(tmp_path):
                for name, path in (("coop_base", coop_base), ("coop_new", coop_new), ("zs_base", zs_base))}
     assert records["coop_base"]["subsample"] == "base" and records["coop_new"]["subsample"] == "new"
     assert records["coop_new"]["eval_only"] and records["coop_new"]["load_epoch"] == 1
+    assert {r["backend"] for r in records.values()} == {dassl_compat.BACKEND}  # this leg's backend
 
     # the saved table holds the runs' own numbers
     saved = json.loads((output / "compare" / "base2new.json").read_text())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gopro_prompts import dassl_compat
 from gopro_prompts.dassl_compat import load_checkpoint
 from gopro_prompts.trainers.config import default_cfg
 
@@ -55,6 +56,7 @@ def test_cocoop_base2new_train_then_test_then_skip(env, tmp_path):
     assert f"Run this job and save the output to {train_dir}" in train.stdout
     log = (train_dir / "log.txt").read_text()
     assert "Finish training" in log and "SUBSAMPLE BASE CLASSES!" in log
+    assert f"Dassl backend: {dassl_compat.BACKEND}" in log  # the script's run is on this leg's backend
     assert (train_dir / "prompt_learner" / "model.pth.tar-1").is_file()
 
     test = _run("cocoop/base2new_test.sh", "synthetic_shapes", 1, *TINY, env=env, cwd=tmp_path)

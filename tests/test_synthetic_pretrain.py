@@ -17,6 +17,10 @@ from gopro_prompts.datasets import synthetic_world as world  # noqa: E402
 from gopro_prompts.datasets.synthetic import SHAPES_DEMO_CLASSES  # noqa: E402
 from gopro_prompts.trainers.clip_helpers import BUILTIN_CHECKPOINTS, load_clip  # noqa: E402
 
+pytestmark = pytest.mark.bundled_only(
+    reason="pretrains the tiny CLIP with plain torch (tools/pretrain_tiny_clip.py): no Dassl code runs, "
+           "so one leg covers it")
+
 SHORT = dict(steps=100, batch_size=64, warmup=10, lr=3e-3, log_every=10 ** 6)
 
 

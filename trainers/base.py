@@ -32,10 +32,11 @@ import numpy as np
 import torch
 
 from gopro_prompts.dassl_compat import (
-    TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy, get_logger,
+    DataManager, TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy, get_logger,
     load_checkpoint, load_pretrained_weights, save_checkpoint,
 )
 from gopro_prompts.trainers import distributed
+from gopro_prompts.trainers.data import DatasetWrapper
 from gopro_prompts.trainers.clip_helpers import PRECISIONS, Precision, load_clip
 from gopro_prompts.run_lock import pid_exists
 from gopro_prompts.user_errors import UserError
@@ -57,6 +58,8 @@ class ClipTrainer(TrainerX):
     CLASS_DEPENDENT_KEYS = ("token_prefix", "token_suffix", "tokenized_prompts")
     #: opts applied by train.py's embedded offline default (a small schedule)
     OFFLINE_DEFAULTS = ()
+    #: dataset wrapper given to Dassl's DataManager (ours names an unreadable image file)
+    DATASET_WRAPPER = DatasetWrapper
 
     # ------------------------------------------------------------------ config
     @classmethod
@@ -69,6 +72,19 @@ class ClipTrainer(TrainerX):
             raise UserError(
                 f"TRAINER.{self.CFG_NODE}.PREC {prec!r} is not valid: use one of {', '.join(PRECISIONS)}"
             )
+
+    # -------------------------------------------------------------------- data
+    def build_data_loader(self):
+        """Dassl's ``SimpleTrainer.build_data_loader`` with :attr:`DATASET_WRAPPER` (same attributes)."""
+        dm = DataManager(self.cfg, dataset_wrapper=self.DATASET_WRAPPER)
+        self.train_loader_x = dm.train_loader_x
+        self.train_loader_u = dm.train_loader_u
+        self.val_loader = dm.val_loader
+        self.test_loader = dm.test_loader
+        self.num_classes = dm.num_classes
+        self.num_source_domains = dm.num_source_domains
+        self.lab2cname = dm.lab2cname
+        self.dm = dm
 
     # ------------------------------------------------------------------- model
     @classmethod
@@ -274,36 +290,14 @@ class ClipTrainer(TrainerX):
 
     def _capture_evaluator_results(self):
         """Keep the evaluator's full result dict (Dassl's test() returns only accuracy)."""
-        self._last_results = None
-        evaluator = self.evaluator
-        if getattr(evaluator, "_captured_by_trainer", False):
-            return
-        evaluate = evaluator.evaluate
+        from gopro_prompts.results_capture import capture_evaluator_results
 
-        def evaluate_and_keep():
-            results = evaluate()
-            self._last_results = dict(results)
-            return results
-
-        evaluator.evaluate = evaluate_and_keep
-        evaluator._captured_by_trainer = True
+        capture_evaluator_results(self)
 
     def _write_results(self, split):
-        from gopro_prompts import dassl_compat
-        from gopro_prompts.run_results import build_record, write_results
+        from gopro_prompts.results_capture import write_trainer_results
 
-        info = getattr(self, "run_info", {}) or {}
-        if not self.get_model_names():
-            epoch = None  # nothing trained (zero-shot)
-        elif info.get("eval_only"):
-            epoch = info.get("load_epoch")
-        elif self.start_epoch >= self.max_epoch:
-            epoch = self.start_epoch  # a finished run resumed: no epoch ran in this process
-        else:
-            epoch = self.epoch + 1
-        record = build_record(self.cfg, self._last_results, split=split, epoch=epoch, run_info=info,
-                              backend=dassl_compat.BACKEND)
-        write_results(self.output_dir, record)
+        write_trainer_results(self, split, self._last_results)
 
     # -------------------------------------------------------------- checkpoint
     # dassl-behaviour.md §b.3, §b.9, §f.4.  Deliberate fixes of Dassl defects

@@ -33,8 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gopro_prompts.dassl_compat import DataManager, get_logger
 from gopro_prompts.registry import register_trainer
+from gopro_prompts.dassl_compat import get_logger
 from gopro_prompts.trainers.base import ClipTrainer
 from gopro_prompts.trainers.clip_helpers import ImageEncoder, TextEncoder, clip_logits, is_vit, supports_shared_prefix
 from gopro_prompts.trainers.config import register_trainer_config
@@ -409,6 +409,7 @@ class GOPro(ClipTrainer):
 
     CFG_NODE = "GOPRO"
     MODEL_NAME = "gopro"
+    DATASET_WRAPPER = GOProDatasetWrapper
     OFFLINE_DEFAULTS = (
         "TRAINER.GOPRO.N_CTX", 4, "TRAINER.GOPRO.CTX_INIT", "a photo of a", "TRAINER.GOPRO.PREC", "fp32",
         "OPTIM.NAME", "sgd", "OPTIM.LR", 0.002, "OPTIM.MAX_EPOCH", 3, "OPTIM.LR_SCHEDULER", "cosine",
@@ -441,18 +442,10 @@ class GOPro(ClipTrainer):
 
     def build_data_loader(self):
         """Dassl's DataManager with :class:`GOProDatasetWrapper` (the three training views)."""
-        dm = DataManager(self.cfg, dataset_wrapper=GOProDatasetWrapper)
-        self.train_loader_x = dm.train_loader_x
-        self.train_loader_u = dm.train_loader_u
-        self.val_loader = dm.val_loader
-        self.test_loader = dm.test_loader
-        self.num_classes = dm.num_classes
-        self.num_source_domains = dm.num_source_domains
-        self.lab2cname = dm.lab2cname
-        self.dm = dm
-        for line in dm.train_loader_x.dataset.describe():
+        super().build_data_loader()  # with DATASET_WRAPPER
+        for line in self.dm.train_loader_x.dataset.describe():
             logger.info("GOPro %s", line)
-        self._log_samples_used(dm)
+        self._log_samples_used(self.dm)
 
     def _log_samples_used(self, dm):
         """Say how many training samples an epoch uses; warn when drop_last discards some (D9)."""

@@ -31,7 +31,8 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
-from gopro_prompts.dassl_compat import DatasetWrapper, INTERPOLATION_MODES, read_image
+from gopro_prompts.dassl_compat import INTERPOLATION_MODES
+from gopro_prompts.trainers.data import DatasetWrapper, read_image_checked
 
 __all__ = [
     "AUGMIX_OPS", "AugMixView", "GOProDatasetWrapper", "GaussianBlurPIL", "augmix_mix",
@@ -288,15 +289,11 @@ class GOProDatasetWrapper(DatasetWrapper):
             f"AugMix view (img3): configured PIL ops -> {self.augmix_view.pre} -> {self.augmix_view}",
         ]
 
-    def _read_image(self, impath):
-        reader = getattr(self, "_read", None)  # the bundled engine's reader names the file on errors
-        return reader(impath) if reader is not None else read_image(impath)
-
     def __getitem__(self, idx):
         if not self.gopro_views:
             return super().__getitem__(idx)
         item = self.data_source[idx]
-        img0 = self._read_image(item.impath)
+        img0 = read_image_checked(item.impath)  # an unreadable file is named in the error
         base = self.pil_part(img0)  # the configured crop / flip, once for all three views
         output = {
             "label": item.label,

@@ -1,0 +1,133 @@
+"""``results.json`` after the final test of any Dassl trainer.
+
+Dassl's ``test()`` returns only the first metric (accuracy); the evaluator's
+full result dict (accuracy, error rate, macro F1) is lost.  The functions here
+keep it and turn it into the run's ``results.json``
+(:mod:`gopro_prompts.run_results`):
+
+* our :class:`~gopro_prompts.trainers.base.ClipTrainer` calls
+  :func:`capture_evaluator_results` and :func:`write_trainer_results` from its
+  own ``test()``;
+* ``train.py`` calls :func:`attach` on every other trainer it builds (one
+  registered by a ``--plugin``): its ``test()`` is wrapped, on the instance
+  only, to do the same.
+
+A test of the validation split (Dassl's model selection during training)
+writes nothing; the last test of the test split wins.
+"""
+from __future__ import annotations
+
+import numbers
+import sys
+
+from gopro_prompts.logs import get_logger
+
+logger = get_logger("results")
+
+
+def capture_evaluator_results(trainer) -> None:
+    """From now on ``trainer._last_results`` holds the dict of the evaluator's last ``evaluate()``.
+
+    Resets it to None; the evaluator (``trainer.evaluator``) is wrapped once.
+    """
+    trainer._last_results = None
+    evaluator = getattr(trainer, "evaluator", None)
+    if evaluator is None or getattr(evaluator, "_captured_by_trainer", False):
+        return
+    evaluate = evaluator.evaluate
+
+    def evaluate_and_keep():
+        results = evaluate()
+        trainer._last_results = dict(results)
+        return results
+
+    evaluator.evaluate = evaluate_and_keep
+    evaluator._captured_by_trainer = True
+
+
+def final_split(trainer, split=None) -> str:
+    """The split Dassl's ``test(split)`` evaluates: ``val`` only when asked and a val loader exists."""
+    requested = split or trainer.cfg.TEST.SPLIT
+    return "val" if (requested == "val" and getattr(trainer, "val_loader", None) is not None) else "test"
+
+
+def results_epoch(trainer, run_info):
+    """The epoch the evaluated weights come from (None: nothing trained, e.g. zero-shot)."""
+    if not trainer.get_model_names():
+        return None
+    if run_info.get("eval_only"):
+        return run_info.get("load_epoch")
+    start, stop = getattr(trainer, "start_epoch", 0), getattr(trainer, "max_epoch", 0)
+    if start >= stop:
+        return start  # a finished run resumed: no epoch ran in this process
+    return getattr(trainer, "epoch", start) + 1
+
+
+def command_line_run_info(argv=None):
+    """The run flags of a CoOp-style ``train.py`` command line (``sys.argv`` by default).
+
+    Inside a host code base our ``train.py`` does not set ``trainer.run_info``;
+    the host's ``train.py`` (CoOp, CoCoOp, MaPLe, PromptSRC ... all share
+    Dassl's flags) was called with ``--config-file``, ``--eval-only``,
+    ``--model-dir`` and ``--load-epoch``, which say what the run was.  Flags it
+    does not have are simply absent; a malformed value yields nothing.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    parser.add_argument("--config-file", default="")
+    parser.add_argument("--dataset-config-file", default="")
+    parser.add_argument("--eval-only", action="store_true")
+    parser.add_argument("--model-dir", default="")
+    parser.add_argument("--load-epoch", type=int, default=None)
+    try:
+        args, _ = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    except (argparse.ArgumentError, ValueError, SystemExit):
+        return {}
+    return {"config_file": args.config_file, "dataset_config_file": args.dataset_config_file,
+            "eval_only": args.eval_only, "model_dir": args.model_dir, "load_epoch": args.load_epoch}
+
+
+def write_trainer_results(trainer, split, metrics):
+    """Write ``results.json`` of ``trainer``'s run into its output folder; returns the path."""
+    from gopro_prompts import dassl_compat
+    from gopro_prompts.run_results import build_record, write_results
+
+    info = getattr(trainer, "run_info", None)
+    if info is None:  # not built by our train.py: a host code base's command line
+        info = command_line_run_info()
+    record = build_record(trainer.cfg, metrics, split=split, epoch=results_epoch(trainer, info),
+                          run_info=info, backend=dassl_compat.BACKEND)
+    return write_results(trainer.output_dir, record)
+
+
+def attach(trainer) -> None:
+    """Make ``trainer`` (any Dassl trainer) write ``results.json`` after each test of the test split.
+
+    Wraps ``trainer.test`` on the instance, so Dassl's ``after_train`` (which
+    calls ``self.test()``) and an ``--eval-only`` run both go through it.
+    When the trainer's ``test()`` bypasses the evaluator but returns a
+    number, that number is recorded as the accuracy.
+    """
+    from gopro_prompts.trainers import distributed
+
+    if getattr(trainer, "_results_attached", False):
+        return
+    original = trainer.test
+
+    def test(split=None, *args, **kwargs):
+        capture_evaluator_results(trainer)
+        result = original(split, *args, **kwargs)
+        if final_split(trainer, split) != "test" or not distributed.is_main_process():
+            return result
+        metrics = trainer._last_results
+        if metrics is None and isinstance(result, numbers.Real):
+            metrics = {"accuracy": float(result)}
+        if metrics is None:
+            logger.warning("%s.test() returned no metrics: no results.json written", type(trainer).__name__)
+        else:
+            write_trainer_results(trainer, "test", metrics)
+        return result
+
+    trainer.test = test
+    trainer._results_attached = True
