@@ -88,6 +88,25 @@ def read_image(path: str) -> Image.Image:
         return img.convert("RGB")
 
 
+def read_image_checked(path: str) -> Image.Image:
+    """:func:`read_image`, or an error that names the file and the fix.
+
+    Deliberate improvement: Dassl lets PIL's error propagate, which often does
+    not say which file of the split is broken.
+    """
+    try:
+        return read_image(path)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f'Image file not found: "{path}" ({err}); check DATASET.ROOT and the split file'
+        ) from err
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...
+        raise OSError(
+            f'Cannot read image "{path}": {type(err).__name__}: {err}. '
+            "The file is corrupt or not an image; replace or remove it"
+        ) from err
+
+
 def tolist_if_not(x: Any) -> list:
     """Wrap ``x`` in a list unless it already is one."""
     if not isinstance(x, list):

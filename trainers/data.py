@@ -12,24 +12,9 @@ this, so both backends fail with the same line.
 from __future__ import annotations
 
 from gopro_prompts.dassl_compat import DatasetWrapper as _BackendDatasetWrapper
-from gopro_prompts.dassl_compat import read_image
+from gopro_prompts.bundled_dassl.utils import read_image_checked  # ours, not a Dassl name
 
 __all__ = ["DatasetWrapper", "read_image_checked"]
-
-
-def read_image_checked(impath):
-    """``read_image(impath)`` (RGB PIL image), or an error that names the file and the fix."""
-    try:
-        return read_image(impath)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(
-            f'Image file not found: "{impath}" ({err}); check DATASET.ROOT and the split file'
-        ) from err
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...
-        raise OSError(
-            f'Cannot read image "{impath}": {type(err).__name__}: {err}. '
-            "The file is corrupt or not an image; replace or remove it"
-        ) from err
 
 
 class DatasetWrapper(_BackendDatasetWrapper):

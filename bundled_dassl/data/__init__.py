@@ -11,7 +11,7 @@ from tabulate import tabulate
 from torch.utils.data import DataLoader, Dataset as TorchDataset
 from torchvision.transforms import Compose, Normalize, Resize, ToTensor
 
-from ..utils import read_image
+from ..utils import read_image_checked
 from .datasets import build_dataset
 from .samplers import build_sampler
 from .transforms import build_transform, get_interpolation_mode
@@ -260,24 +260,8 @@ class DatasetWrapper(TorchDataset):
 
         return output
 
-    @staticmethod
-    def _read(impath):
-        """Read an image as RGB; a missing or corrupt file gives an error naming it.
-
-        Deliberate improvement: Dassl lets PIL's error propagate, which often
-        does not say which file of the split is broken.
-        """
-        try:
-            return read_image(impath)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(
-                f'Image file not found: "{impath}" ({err}); check DATASET.ROOT and the split file'
-            ) from err
-        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ...
-            raise OSError(
-                f'Cannot read image "{impath}": {type(err).__name__}: {err}. '
-                "The file is corrupt or not an image; replace or remove it"
-            ) from err
+    #: an unreadable image fails naming the file (Dassl lets PIL's error through)
+    _read = staticmethod(read_image_checked)
 
     def _transform_image(self, tfm, img0):
         """Apply ``tfm`` ``k_tfm`` times: a bare result for k = 1, else a list."""
