@@ -67,14 +67,12 @@ def extend_cfg(cfg, trainers: Iterable[str] = (HEADLINE,), datasets: Iterable[st
         host_name = names.get(name) or (name if name == HEADLINE else PREFIX + name)
         held = registry._obj_map.get(host_name)
         if held is not None and held is not _RENAMED.get((cls, host_name), cls):
+            how = (f"e.g. gopro_plugin.extend_cfg(cfg, names={{{name!r}: {(host_name + 'Lab')!r}}}), "
+                   f"and run it with --trainer {host_name}Lab" if kind == "trainer" else
+                   f"with names={{{name!r}: ...}}")
             raise SystemExit(
                 f"error: the host code base already registers a {kind} named {host_name} "
-                f"({held.__module__}.{held.__name__}): register ours under another name, e.g. "
-                f"gopro_plugin.extend_cfg(cfg, names={{{name!r}: {(host_name + 'Lab')!r}}}), "
-                f"and run it with --trainer {host_name}Lab"
-                if kind == "trainer" else
-                f"error: the host code base already registers a {kind} named {host_name} "
-                f"({held.__module__}.{held.__name__}): register ours under another name with names={{{name!r}: ...}}"
+                f"({held.__module__}.{held.__name__}): register ours under another name, {how}"
             )
         add_to_registry(registry, _named(cls, host_name))
         if kind == "trainer" and getattr(cls, "CFG_NODE", ""):
