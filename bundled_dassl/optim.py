@@ -18,6 +18,8 @@ import torch.nn as nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, MultiStepLR, StepLR
 
+from .safe_pickle import InertObject, inert_state
+
 __all__ = [
     "AVAI_OPTIMS", "AVAI_SCHEDS", "build_optimizer", "build_lr_scheduler", "wrap_with_warmup",
     "ConstantWarmupScheduler", "LinearWarmupScheduler", "RAdam",
@@ -236,14 +238,17 @@ class _BaseWarmupScheduler(LRScheduler):
         """Restore this wrapper *and* the live successor (so the LR keeps moving after resume).
 
         Also accepts real-Dassl checkpoints whose ``successor`` is a pickled
-        scheduler object: its state is copied into the live successor.
+        scheduler object (read as an inert record by ``load_checkpoint``, or a
+        live scheduler): its state is copied into the live successor.
         """
         state = dict(state_dict)
         successor_state = state.pop("successor", None)
         self.__dict__.update(state)
         if successor_state is None:
             return
-        if isinstance(successor_state, LRScheduler):
+        if isinstance(successor_state, InertObject):
+            successor_state = inert_state(successor_state)
+        elif isinstance(successor_state, LRScheduler):
             successor_state = successor_state.state_dict()
         self.successor.load_state_dict(successor_state)
 

@@ -7,7 +7,9 @@ They are the only places where the real backend is patched:
    torch >= 2.2 (positional ``verbose``) and pickle their successor.  We let
    real Dassl build the successor and wrap it in our plain-data warmup wrapper.
 2. Checkpoint reading: warmup checkpoints written by real Dassl pickle Python
-   objects and fail with ``weights_only=True``; our loader falls back.
+   objects and fail with ``weights_only=True``; our loader reads them with a
+   restricted unpickler that executes nothing (``safe_pickle.py``), also for
+   ``load_pretrained_weights`` (``MODEL.INIT_WEIGHTS``).
 3. Checkpoint writing (a deliberate fix, §f.4): real Dassl writes checkpoints
    and the ``checkpoint`` pointer directly to their final paths, so a run
    killed mid-write leaves a truncated file; ours writes a temp file and
@@ -28,12 +30,13 @@ from typing import Callable, Optional
 
 from .optim import wrap_with_warmup
 from .utils import load_checkpoint as _load_checkpoint_with_fallback
+from .utils import load_pretrained_weights as _safe_load_pretrained_weights
 from .utils import resume_with_loader
 from .utils import save_checkpoint as _atomic_save_checkpoint
 
 __all__ = [
-    "make_build_lr_scheduler", "make_load_checkpoint", "make_resume_from_checkpoint", "make_save_checkpoint",
-    "make_setup_logger",
+    "make_build_lr_scheduler", "make_load_checkpoint", "make_load_pretrained_weights",
+    "make_resume_from_checkpoint", "make_save_checkpoint", "make_setup_logger",
 ]
 
 
@@ -61,12 +64,25 @@ def make_build_lr_scheduler(real_build_lr_scheduler: Callable) -> Callable:
 def make_load_checkpoint(real_load_checkpoint: Callable) -> Callable:
     """Return a ``load_checkpoint(fpath)`` that also reads checkpoints pickling objects.
 
-    The real loader fails on them under ``weights_only=True`` (§d.5); ours
-    prints the same messages and falls back to ``weights_only=False`` with a
-    warning.  ``real_load_checkpoint`` is accepted for symmetry and not used.
+    The real loader fails on them under ``weights_only=True``; ours prints the
+    same messages and reads optimizer / scheduler objects as inert data, never
+    executing anything from the file.  ``real_load_checkpoint`` is accepted
+    for symmetry and not used.
     """
     del real_load_checkpoint
     return _load_checkpoint_with_fallback
+
+
+def make_load_pretrained_weights(real_load_pretrained_weights: Callable) -> Callable:
+    """Return ``load_pretrained_weights(model, weight_path)`` reading the file with our loader.
+
+    The real one (``dassl/utils/torchtools.py``) calls the real ``load_checkpoint``
+    directly, so it cannot read warmup checkpoints; ours has the same matching
+    rules and printed lines.  ``real_load_pretrained_weights`` is accepted for
+    symmetry and not used.
+    """
+    del real_load_pretrained_weights
+    return _safe_load_pretrained_weights
 
 
 def make_resume_from_checkpoint(load_checkpoint: Callable) -> Callable:

@@ -27,6 +27,9 @@ import torch.nn as nn
 from PIL import Image
 
 from gopro_prompts.logs import get_logger
+from gopro_prompts.user_errors import UserError
+
+from .safe_pickle import UnsafeCheckpointError, restricted_pickle_for
 
 __all__ = [
     "setup_logger", "set_random_seed", "collect_env_info", "save_checkpoint",
@@ -295,39 +298,61 @@ def save_checkpoint(
         print(f'Best checkpoint saved to "{best_fpath}"')
 
 
-def _torch_load(fpath: str, map_location, weights_only: bool):
-    return torch.load(fpath, map_location=map_location, weights_only=weights_only)
-
-
 def load_checkpoint(fpath: Optional[str]) -> Any:
-    """Load a checkpoint file onto the CPU (or back to its device when CUDA exists) (§f.4).
+    """Load a checkpoint file onto the CPU (or back to its device when CUDA exists).
 
-    Tries ``torch.load(weights_only=True)`` first.  Files that pickle Python
-    objects (e.g. a real-Dassl warmup scheduler, §d.5) are reloaded with
-    ``weights_only=False`` and a warning -- only load checkpoints you trust.
+    As Dassl's ``dassl/utils/torchtools.py`` ``load_checkpoint``.  Deliberate fix: nothing in the file is ever executed.  Plain-data files
+    load with ``torch.load(weights_only=True)``; files that pickle objects
+    (real Dassl's warmup schedulers and, through them, optimizers) are read by
+    the restricted unpickler of :mod:`.safe_pickle`, which keeps optimizer and
+    scheduler objects as inert data and refuses any other class
+    (:class:`~.safe_pickle.UnsafeCheckpointError`, naming the file and the
+    class).  A file that is not a readable checkpoint raises
+    :class:`CheckpointReadError` naming it.
     """
     if fpath is None:
         raise ValueError("File path is None")
     if not osp.exists(fpath):
         raise FileNotFoundError(f'File is not found at "{fpath}"')
+    if osp.isdir(fpath):
+        raise CheckpointReadError(f'checkpoint "{fpath}" is a folder, not a file: give the path of a '
+                                  "model.pth.tar-N file")
     map_location = None if torch.cuda.is_available() else "cpu"
     try:
         try:
-            return _torch_load(fpath, map_location, weights_only=True)
-        except pickle.UnpicklingError:
-            _logger.warning(
-                'torch.load(weights_only=True) refused checkpoint "%s" (it may contain pickled '
-                "Python objects, e.g. a scheduler saved by real Dassl); reloading it with "
-                "weights_only=False. Only load checkpoints you trust.",
-                fpath,
-            )
-            return _torch_load(fpath, map_location, weights_only=False)
-    except UnicodeDecodeError:
-        # Python 2 pickles: retry with a latin-1 unpickler (§f.4).
-        return torch.load(fpath, map_location=map_location, weights_only=False, encoding="latin1")
-    except Exception:
-        print(f'Unable to load checkpoint from "{fpath}"')
+            return torch.load(fpath, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError:  # it pickles objects: read them as data, or refuse
+            return _restricted_load(fpath, map_location)
+        except UnicodeDecodeError:  # Python 2 pickles: a latin-1 unpickler, as Dassl's, still restricted
+            return _restricted_load(fpath, map_location, encoding="latin1")
+    except UnsafeCheckpointError:
         raise
+    except Exception as exc:
+        print(f'Unable to load checkpoint from "{fpath}"')
+        raise CheckpointReadError(
+            f'checkpoint "{fpath}" cannot be read ({_read_problem(fpath, exc)}): it is truncated, '
+            "corrupt or not a PyTorch checkpoint; point at a model.pth.tar-N file written by a finished save"
+        ) from exc
+
+
+def _restricted_load(fpath, map_location, **pickle_load_args):
+    return torch.load(fpath, map_location=map_location, weights_only=False,
+                      pickle_module=restricted_pickle_for(fpath), **pickle_load_args)
+
+
+def _read_problem(fpath, exc) -> str:
+    """A few words on why ``fpath`` did not load (an empty file says so)."""
+    try:
+        if osp.getsize(fpath) == 0:
+            return "the file is empty"
+    except OSError:
+        pass
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
+
+
+class CheckpointReadError(UserError):
+    """A checkpoint file is missing its content: empty, truncated, corrupt or not a checkpoint."""
 
 
 def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer=None, scheduler=None) -> int:
@@ -338,6 +363,28 @@ def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer=None, schedule
     return resume_with_loader(fdir, model, optimizer, scheduler, load_checkpoint)
 
 
+def read_checkpoint_pointer(fdir: str) -> str:
+    """The file name written in ``fdir/checkpoint`` ("" when the file is missing or empty).
+
+    Deliberate fix: Dassl joins whatever the pointer says to ``fdir``.  Here it
+    may only name a file inside ``fdir``; a pointer naming another path, or
+    one that is not UTF-8 text, raises ``ValueError`` naming the pointer file.
+    """
+    pointer = osp.join(fdir, "checkpoint")
+    if not osp.isfile(pointer):
+        return ""
+    try:
+        with open(pointer, encoding="utf-8") as f:
+            named = f.readline().strip()
+    except UnicodeDecodeError:
+        raise ValueError(f'The "checkpoint" pointer file {pointer} is not text (not UTF-8): '
+                         "delete it, or write the checkpoint file name (e.g. model.pth.tar-5) into it") from None
+    if named and (named in (".", "..") or osp.basename(named) != named or "/" in named or "\\" in named):
+        raise ValueError(f'The "checkpoint" pointer file {pointer} names {named!r}, which is not a file in '
+                         "its own folder: write the checkpoint file name (e.g. model.pth.tar-5) into it")
+    return named
+
+
 def resume_with_loader(fdir, model, optimizer, scheduler, loader: Callable) -> int:
     """:func:`resume_from_checkpoint` reading the file with ``loader(fpath)``."""
     pointer = osp.join(fdir, "checkpoint")
@@ -346,14 +393,12 @@ def resume_with_loader(fdir, model, optimizer, scheduler, loader: Callable) -> i
             f'No "checkpoint" pointer file in {fdir}: it names the file to resume from; '
             "restore it or delete the folder to train from scratch"
         )
-    with open(pointer, "r") as f:
-        lines = f.readlines()
-    if not lines or not lines[0].strip():
+    fname = read_checkpoint_pointer(fdir)
+    if not fname:
         raise ValueError(
             f'The "checkpoint" pointer file in {fdir} is empty: write the checkpoint file name '
             "(e.g. model.pth.tar-5) into it or delete the folder to train from scratch"
         )
-    fname = lines[0].strip("\n")
     fpath = osp.join(fdir, fname)
     print(f'Loading checkpoint from "{fpath}"')
     checkpoint = loader(fpath)
@@ -377,6 +422,12 @@ def load_pretrained_weights(model: nn.Module, weight_path: str) -> None:
         state_dict = checkpoint["state_dict"]
     else:
         state_dict = checkpoint
+    # Deliberate fix: Dassl fails with AttributeError deep inside on a file that holds no weights
+    if not isinstance(state_dict, dict) or not any(torch.is_tensor(v) for v in state_dict.values()):
+        raise CheckpointReadError(
+            f'"{weight_path}" holds no weights (a {type(state_dict).__name__} without tensors, not a '
+            "state dict or a checkpoint with a \"state_dict\" entry): check MODEL.INIT_WEIGHTS"
+        )
 
     model_dict = model.state_dict()
     new_state_dict = OrderedDict()

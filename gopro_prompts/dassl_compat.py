@@ -101,8 +101,9 @@ if BACKEND == "dassl":  # pragma: no cover - verified on machines that have Dass
     # real Dassl's successor schedule (constructing Dassl's wrapper raises
     # TypeError on torch >= 2.x where `verbose` is gone).
     build_lr_scheduler = _torch_compat.make_build_lr_scheduler(_real_build_lr_scheduler)
-    # §d.5 fix 2: checkpoints that pickle schedulers/optimizers load again.
+    # Fix 2: checkpoints that pickle schedulers/optimizers load again, executing nothing from the file.
     load_checkpoint = _torch_compat.make_load_checkpoint(_real_load_checkpoint)
+    load_pretrained_weights = _torch_compat.make_load_pretrained_weights(load_pretrained_weights)
     resume_from_checkpoint = _torch_compat.make_resume_from_checkpoint(load_checkpoint)
     # Deliberate fix (§f.4): checkpoint files and the pointer are written atomically.
     save_checkpoint = _torch_compat.make_save_checkpoint(_real_save_checkpoint)

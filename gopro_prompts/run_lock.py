@@ -111,6 +111,8 @@ class RunLock:
             if osp.exists(self.path) and time.time() - _mtime(self.path) < 5:
                 time.sleep(0.2)
             elif osp.exists(self.path):
+                logger.warning("Taking over the lock %s: it is unreadable (no pid and token in UTF-8 "
+                               "key=value lines) and has not changed for 5 s", self.path)
                 _remove_lock_file(self.path, holder)
             return
         alive, why = lock_holder_alive(holder, self.path)
@@ -151,9 +153,9 @@ def _prepare_output_dir(output_dir):
 def read_lock(path):
     """The ``key=value`` fields of a lock file ({} when it is missing or unreadable)."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
-    except OSError:
+    except (OSError, UnicodeDecodeError):  # not UTF-8: not a lock this code wrote, unreadable
         return {}
     fields = dict(line.split("=", 1) for line in lines if "=" in line)
     return fields if "pid" in fields and "token" in fields else {}

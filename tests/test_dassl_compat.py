@@ -50,7 +50,7 @@ def test_the_check_catches_a_direct_import(tmp_path):
 def test_every_name_comes_from_one_backend():
     expected_prefix = "dassl" if dassl_compat.BACKEND == "dassl" else "gopro_prompts.bundled_dassl"
     for name in dassl_compat.__all__:
-        if name in ("BACKEND", "get_logger", "build_lr_scheduler", "load_checkpoint",
+        if name in ("BACKEND", "get_logger", "build_lr_scheduler", "load_checkpoint", "load_pretrained_weights",
                     "resume_from_checkpoint", "save_checkpoint", "setup_logger"):  # shims over real Dassl
             continue
         obj = getattr(dassl_compat, name)

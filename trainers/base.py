@@ -35,6 +35,8 @@ from gopro_prompts.dassl_compat import (
     DataManager, TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy, get_logger,
     load_checkpoint, load_pretrained_weights, save_checkpoint,
 )
+from gopro_prompts.bundled_dassl.utils import read_checkpoint_pointer
+from gopro_prompts.bundled_dassl.safe_pickle import UnsafeCheckpointError
 from gopro_prompts.trainers import distributed
 from gopro_prompts.trainers.data import DatasetWrapper
 from gopro_prompts.trainers.clip_helpers import PRECISIONS, Precision, load_clip
@@ -394,6 +396,11 @@ class ClipTrainer(TrainerX):
             if not osp.exists(model_path):
                 raise FileNotFoundError(missing_model_message(directory, name, model_file))
             checkpoint = load_checkpoint(model_path)
+            if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "epoch" not in checkpoint:
+                raise UserError(
+                    f'"{model_path}" is not a Dassl checkpoint (no "state_dict" and "epoch" entries): '
+                    "point --model-dir at the output folder of a training run of this trainer"
+                )
             state_dict = self._checked_state_dict(name, checkpoint, model_path, resuming=False)
             print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
             self._models[name].load_state_dict(state_dict, strict=True)
@@ -477,11 +484,7 @@ def find_complete_checkpoint(fdir):
     short by a kill are removed first.
     """
     _remove_dead_temp_files(fdir)
-    named = ""
-    pointer = osp.join(fdir, "checkpoint")
-    if osp.isfile(pointer):
-        with open(pointer) as f:
-            named = f.readline().strip()
+    named = read_pointer(fdir)
     numbered = sorted(
         (name for name in os.listdir(fdir) if _NUMBERED.match(name)),
         key=lambda name: int(_NUMBERED.match(name).group(1)), reverse=True,
@@ -505,12 +508,32 @@ def find_complete_checkpoint(fdir):
     return None
 
 
+def read_pointer(fdir) -> str:
+    """The file named by Dassl's ``checkpoint`` pointer in ``fdir``, or "" when unusable.
+
+    A pointer that is not UTF-8 text or names a file outside its folder
+    (``read_checkpoint_pointer``) is ignored with a warning naming it; the
+    caller then falls back to the numbered files.
+    """
+    try:
+        return read_checkpoint_pointer(fdir)
+    except (ValueError, OSError) as exc:
+        logger.warning("Ignoring it: %s", exc)
+        return ""
+
+
 def _read_checkpoint(path):
-    """The checkpoint at ``path`` if it is a complete, readable one, else None."""
+    """The checkpoint at ``path`` if it is a complete, readable one, else None.
+
+    A file that pickles a class loading would have to execute is not skipped
+    but refused (``UnsafeCheckpointError`` propagates): someone put it there.
+    """
     if not osp.isfile(path):
         return None
     try:
         checkpoint = load_checkpoint(path)
+    except UnsafeCheckpointError:
+        raise
     except Exception:  # truncated or corrupt: load_checkpoint printed which file
         return None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "epoch" not in checkpoint:
