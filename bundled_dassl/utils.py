@@ -241,7 +241,7 @@ def collect_env_info() -> str:
 # ---------------------------------------------------------------------------
 # Checkpoints (§f.4, §b.3)
 # ---------------------------------------------------------------------------
-def _atomic_write(fpath: str, write: Callable[[str], None]) -> None:
+def atomic_write(fpath: str, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temp file next to ``fpath``, then rename it over ``fpath``."""
     dirname = osp.dirname(fpath) or "."
     # A hidden, unique name in the same folder (same filesystem, so os.replace is
@@ -250,10 +250,20 @@ def _atomic_write(fpath: str, write: Callable[[str], None]) -> None:
     try:
         write(tmp)
         os.replace(tmp, fpath)
-    except BaseException:
+    except BaseException as exc:
         if osp.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise WriteError(exc.errno, f'cannot write "{fpath}" ({exc.strerror or exc}): free disk space or '
+                                        "choose another --output-dir; the files already there are intact") from exc
         raise
+
+
+class WriteError(UserError, OSError):
+    """A file of the run could not be written (disk full, no permission); nothing was replaced."""
+
+    def __str__(self):
+        return self.strerror or super().__str__()
 
 
 def save_checkpoint(
@@ -283,18 +293,18 @@ def save_checkpoint(
     # Deliberate fix of a Dassl defect (§f.4 writes directly to the final path):
     # a crash mid-write no longer leaves a truncated checkpoint, nor a pointer
     # file naming one. Every file is written to a temp file and renamed.
-    _atomic_write(fpath, lambda tmp: torch.save(state, tmp))
+    atomic_write(fpath, lambda tmp: torch.save(state, tmp))
     print(f"Checkpoint saved to {fpath}")
 
     def _write_pointer(tmp):
         with open(tmp, "w") as f:
             f.write(f"{osp.basename(fpath)}\n")
 
-    _atomic_write(osp.join(save_dir, "checkpoint"), _write_pointer)
+    atomic_write(osp.join(save_dir, "checkpoint"), _write_pointer)
 
     if is_best:
         best_fpath = osp.join(osp.dirname(fpath), "model-best.pth.tar")
-        _atomic_write(best_fpath, lambda tmp: shutil.copy(fpath, tmp))
+        atomic_write(best_fpath, lambda tmp: shutil.copy(fpath, tmp))
         print(f'Best checkpoint saved to "{best_fpath}"')
 
 

@@ -17,6 +17,7 @@ the official readers, so the same ``SEED`` selects the same images.
 """
 from __future__ import annotations
 
+import json
 import math
 import os.path as osp
 import random
@@ -29,7 +30,6 @@ from gopro_prompts.dassl_compat import (
     get_logger,
     listdir_nohidden,
     mkdir_if_missing,
-    read_json,
     write_json,
 )
 
@@ -62,6 +62,7 @@ __all__ = [
     "load_fewshot_cache",
     "check_cached_images",
     "check_class_coverage",
+    "check_images_readable",
 ]
 
 _LOG = get_logger("datasets")
@@ -195,11 +196,12 @@ def make_fewshot_dir(dataset_dir) -> str:
 def read_split(filepath, path_prefix):
     """Read a ``split_zhou_*.json`` file into ``(train, val, test)`` lists of Datum.
 
-    Every image is checked first, so a split entry pointing to a missing file
-    gives an error naming it (and the split file) at load time.
+    Every entry is checked (``[image path, integer label, class name]``, one
+    class name per label across the file), then every image, so a bad entry or
+    a missing file gives an error naming it and the split file at load time.
     """
     print(f"Reading split from {filepath}")
-    split = read_json(filepath)
+    split = _load_split_json(filepath)
     for key in ("train", "val", "test"):
         if key not in split:
             raise DatasetError(
@@ -207,12 +209,78 @@ def read_split(filepath, path_prefix):
                 f"'test' lists of [image path, label, class name]; re-download it ({DATASETS_DOC})"
             )
     outputs = []
+    names = {}  # label -> (class name, where it was first seen)
     for key in ("train", "val", "test"):
-        entries = [(osp.join(path_prefix, impath), int(label), classname)
-                   for impath, label, classname in split[key]]
+        if not isinstance(split[key], list):
+            raise DatasetError(
+                f"Split file {filepath}: '{key}' is a {type(split[key]).__name__}, not a list of "
+                f"[image path, label, class name]; re-download the file ({DATASETS_DOC})"
+            )
+        entries = []
+        for index, entry in enumerate(split[key]):
+            impath, label, classname = _split_entry(filepath, key, index, entry)
+            first = names.setdefault(label, (classname, f"{key}[{index}]"))
+            if first[0] != classname:
+                raise DatasetError(
+                    f"Split file {filepath}: label {label} is {first[0]!r} in {first[1]} but {classname!r} "
+                    f"in {key}[{index}]: one label needs one class name; fix the file or re-download it "
+                    f"({DATASETS_DOC})"
+                )
+            entries.append((osp.join(path_prefix, impath), label, classname))
         check_images_exist([e[0] for e in entries], f"Split file {filepath} ({key})")
         outputs.append([Datum(impath=p, label=y, classname=c) for p, y, c in entries])
     return tuple(outputs)
+
+
+def _load_split_json(filepath):
+    """The parsed split file (a dict); a truncated or damaged file is a :class:`DatasetError` naming it."""
+    try:
+        with open(filepath, encoding="utf-8") as f:
+            split = json.load(f)
+    except json.JSONDecodeError as err:
+        raise DatasetError(
+            f"Split file {filepath} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}): "
+            f"it is truncated or damaged; re-download it ({DATASETS_DOC}) or delete it to build a new split"
+        ) from None
+    except UnicodeDecodeError as err:
+        raise DatasetError(
+            f"Split file {filepath} is not UTF-8 JSON ({err.reason} at byte {err.start}): it is damaged; "
+            f"re-download it ({DATASETS_DOC})"
+        ) from None
+    if not isinstance(split, dict):
+        raise DatasetError(
+            f"Split file {filepath} holds a {type(split).__name__}, not an object with 'train', 'val' and "
+            f"'test' lists; re-download it ({DATASETS_DOC})"
+        )
+    return split
+
+
+def _split_entry(filepath, key, index, entry):
+    """``(image path, label, class name)`` of ``split[key][index]``, or a :class:`DatasetError` naming it.
+
+    The label is read as CoOp does (``int(label)`` in ``OxfordPets.read_split``), except that a
+    value with a fraction or a non-numeric text is refused instead of truncated or crashing.
+    """
+    shown = repr(entry)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    where = f"Split file {filepath}: {key}[{index}] = {shown}"
+    fix = f"fix the entry or re-download the file ({DATASETS_DOC})"
+    if not isinstance(entry, (list, tuple)) or len(entry) != 3:
+        size = f"{len(entry)} field(s)" if isinstance(entry, (list, tuple)) else f"a {type(entry).__name__}"
+        raise DatasetError(f"{where} has {size}: each entry must be [image path, integer label, class name]; {fix}")
+    impath, label, classname = entry
+    if not isinstance(impath, str) or not impath:
+        raise DatasetError(f"{where}: the image path (first field) must be a non-empty string; {fix}")
+    if not isinstance(classname, str):
+        raise DatasetError(f"{where}: the class name (third field) must be a string; {fix}")
+    value = label
+    if isinstance(label, str) and label.strip().lstrip("-").isdigit():
+        value = int(label.strip())
+    elif isinstance(label, float) and label.is_integer():
+        value = int(label)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DatasetError(f"{where}: the label (second field) {label!r} is not an integer >= 0; {fix}")
+    return impath, value, classname
 
 
 def _relative(impath, path_prefix):
@@ -325,6 +393,37 @@ def check_class_coverage(train, val, test, source) -> None:
             f"{source}: labels must be 0..{len(train_labels) - 1}, got {short_list(map(str, sorted(train_labels)))}: "
             "renumber the classes without gaps"
         )
+
+
+def check_images_readable(data, source) -> None:
+    """Pre-flight check before any training: every image of ``data`` (``{split: [Datum]}``) exists,
+    and the header of each val / test image opens (PIL reads only its first bytes).
+
+    A corrupt test image then fails before training instead of at the final test.
+    The error is the engine's (``read_image_checked``: names the file and the fix).
+    """
+    from PIL import Image
+
+    from gopro_prompts.bundled_dassl.utils import read_image_checked
+
+    seen = set()
+    # val / test first: a file also in train (test-only datasets) gets the header check
+    for split in sorted(data, key=lambda s: s == "train"):
+        header = split != "train"  # training images are all read in the first epoch anyway
+        for item in data[split]:
+            path = item.impath
+            if path in seen:
+                continue
+            seen.add(path)
+            try:
+                if header:
+                    with Image.open(path):
+                        pass
+                elif not osp.isfile(path):
+                    raise FileNotFoundError(path)
+            except Exception:
+                read_image_checked(path)  # raises its error naming the file
+                _LOG.warning("%s: %s image %s failed a header check but reads", source, split, path)
 
 
 # ---------------------------------------------------------------------------
@@ -524,6 +623,7 @@ class CoOpFewShotDataset(DatasetBase):
                 save_datum_pickle({"train": train, "val": val}, path)
 
         train, val, test = subsample_classes(train, val, test, subsample=subsample)
+        check_images_readable({"train": train, "val": val, "test": test}, type(self).__name__)
         super().__init__(train_x=train, val=val, test=test)
 
     # -- hooks ------------------------------------------------------------

@@ -20,6 +20,7 @@ from .coop_common import (
     dataset_root,
     fewshot_cache_path,
     get_subsample,
+    check_images_readable,
     load_fewshot_cache,
     make_fewshot_dir,
     new_datum,
@@ -70,6 +71,7 @@ class ImageNet(DatasetBase):
                 save_datum_pickle({"train": train}, path)
 
         train, test = subsample_classes(train, test, subsample=subsample)
+        check_images_readable({"train": train, "test": test}, type(self).__name__)
         # §h.7: val is the test list itself (best_val selects on the test set).
         super().__init__(train_x=train, val=test, test=test)
 

@@ -8,7 +8,9 @@ import os.path as osp
 
 from gopro_prompts.dassl_compat import DatasetBase, get_logger, listdir_nohidden
 
-from .coop_common import DatasetError, check_layout, dataset_root, new_datum, read_classnames
+from .coop_common import (
+    DatasetError, check_images_readable, check_layout, dataset_root, new_datum, read_classnames,
+)
 
 _LOG = get_logger("datasets")
 
@@ -34,6 +36,7 @@ class ImageNetVariant(DatasetBase):
             )
         classnames = read_classnames(osp.join(self.dataset_dir, "classnames.txt"))
         data = self.read_data(classnames)
+        check_images_readable({"test": data}, name)
         super().__init__(train_x=data, test=data)
 
     def read_data(self, classnames):  # pragma: no cover - overridden

@@ -31,6 +31,7 @@ import importlib.util
 import os
 
 from gopro_prompts.logs import get_logger
+from gopro_prompts.user_errors import UserError
 
 __all__ = [
     "BACKEND",
@@ -58,17 +59,24 @@ __all__ = [
 _VALID = ("auto", "dassl", "bundled")
 
 
+class BackendError(UserError):
+    """``DASSL_BACKEND`` names no backend, or one that is not importable (raised at import)."""
+
+
 def _select_backend() -> str:
-    wanted = os.environ.get("DASSL_BACKEND", "auto").strip().lower() or "auto"
+    """The backend ``DASSL_BACKEND`` asks for; a bad value raises :class:`BackendError` naming the fix."""
+    raw = os.environ.get("DASSL_BACKEND", "auto")
+    wanted = raw.strip().lower() or "auto"
     if wanted not in _VALID:
-        raise SystemExit(
-            f"DASSL_BACKEND={wanted!r} is not valid: use one of {', '.join(_VALID)}"
+        raise BackendError(
+            f"DASSL_BACKEND={raw!r} is not valid: set it to one of {', '.join(_VALID)} "
+            "(auto: real Dassl when importable, else the bundled engine) or unset it"
         )
     if wanted == "bundled":
         return "bundled"
     real_available = importlib.util.find_spec("dassl") is not None
     if wanted == "dassl" and not real_available:
-        raise SystemExit(
+        raise BackendError(
             "DASSL_BACKEND=dassl but the real Dassl is not importable: install "
             "Dassl.pytorch (https://github.com/KaiyangZhou/Dassl.pytorch) or unset DASSL_BACKEND"
         )

@@ -18,11 +18,15 @@ writes nothing; the last test of the test split wins.
 from __future__ import annotations
 
 import numbers
+import os.path as osp
 import sys
 
 from gopro_prompts.logs import get_logger
 
 logger = get_logger("results")
+
+#: the file Dassl's ``load_model`` reads when no epoch is given (``dassl/engine/trainer.py``)
+BEST_MODEL_FILE = "model-best.pth.tar"
 
 
 def capture_evaluator_results(trainer) -> None:
@@ -52,15 +56,43 @@ def final_split(trainer, split=None) -> str:
 
 
 def results_epoch(trainer, run_info):
-    """The epoch the evaluated weights come from (None: nothing trained, e.g. zero-shot)."""
-    if not trainer.get_model_names():
+    """The epoch the evaluated weights come from (None: nothing trained, e.g. zero-shot).
+
+    The weights of ``model-best.pth.tar`` (Dassl's ``SimpleTrainer.after_train`` with
+    ``TEST.FINAL_MODEL best_val``, or ``--eval-only`` without ``--load-epoch``) come from the
+    epoch stored in that file.
+    """
+    names = trainer.get_model_names()
+    if not names:
         return None
     if run_info.get("eval_only"):
+        if run_info.get("load_epoch") is None and run_info.get("model_dir"):
+            return best_model_epoch(run_info["model_dir"], names)
         return run_info.get("load_epoch")
+    cfg = trainer.cfg
+    if cfg.TEST.FINAL_MODEL == "best_val" and not cfg.TEST.NO_TEST:
+        epoch = best_model_epoch(trainer.output_dir, names)
+        if epoch is not None:
+            return epoch
     start, stop = getattr(trainer, "start_epoch", 0), getattr(trainer, "max_epoch", 0)
     if start >= stop:
         return start  # a finished run resumed: no epoch ran in this process
     return getattr(trainer, "epoch", start) + 1
+
+
+def best_model_epoch(directory, names):
+    """The ``epoch`` stored in ``<directory>/<name>/model-best.pth.tar`` of the first model, or None."""
+    from gopro_prompts.dassl_compat import load_checkpoint
+
+    path = osp.join(directory, names[0], BEST_MODEL_FILE)
+    if not osp.isfile(path):
+        return None
+    try:
+        checkpoint = load_checkpoint(path)
+    except Exception:  # unreadable: the loading itself has reported it
+        return None
+    epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
+    return int(epoch) if isinstance(epoch, numbers.Integral) else None
 
 
 def command_line_run_info(argv=None):

@@ -11,7 +11,7 @@ import json
 import os
 import os.path as osp
 import platform
-import tempfile
+import uuid
 
 RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 1
@@ -64,11 +64,20 @@ def build_record(cfg, metrics, *, split, epoch, run_info=None, backend=""):
 def write_results(output_dir, record):
     """Write ``results.json`` atomically (a crash never leaves half a file)."""
     os.makedirs(output_dir, exist_ok=True)
-    path = osp.join(output_dir, RESULTS_FILE)
-    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=output_dir)
+    return write_text_atomically(osp.join(output_dir, RESULTS_FILE), json.dumps(record, indent=2))
+
+
+def write_text_atomically(path, text):
+    """Write ``text`` to ``path`` through a temp file and a rename, with the permissions ``open()`` gives.
+
+    The temp file is created with mode 0o666 less the umask (``tempfile.mkstemp`` would make it 0o600).
+    """
+    folder, name = osp.split(path)
+    tmp = osp.join(folder, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2)
+            f.write(text)
         os.replace(tmp, path)
     finally:
         if osp.exists(tmp):

@@ -21,22 +21,30 @@ import contextlib
 import os
 import os.path as osp
 import sys
+import threading
 import traceback
 
 import torch
 import yaml
 
-from gopro_prompts import FROM_SOURCE, dassl_compat, resource_path
+from gopro_prompts.user_errors import UserError, did_you_mean
+
+try:
+    from gopro_prompts import dassl_compat
+except UserError as _bad_backend:  # DASSL_BACKEND names no usable backend: the CLI's one line, exit code 2
+    sys.stderr.write(f"error: {_bad_backend}\n")
+    raise SystemExit(2) from None
+from gopro_prompts import FROM_SOURCE, cfg_checks, resource_path
 from gopro_prompts.dassl_compat import (
     DATASET_REGISTRY, TRAINER_REGISTRY, build_trainer, collect_env_info, get_logger,
     set_random_seed, setup_logger,
 )
 from gopro_prompts import cli_plugins, results_capture
 from gopro_prompts.registry import register_all
+from gopro_prompts import run_folder
 from gopro_prompts.run_lock import RunLock
-from gopro_prompts.user_errors import UserError, did_you_mean
 
-from gopro_prompts.trainers import distributed
+from gopro_prompts.trainers import distributed, preemption
 from gopro_prompts.trainers.base import ClipTrainer
 from gopro_prompts.trainers.config import default_cfg
 
@@ -61,10 +69,37 @@ OFFLINE_OPTS = (
     "TRAIN.PRINT_FREQ", 5,
     "SEED", 1,
 )
+#: environment variable: the folder where the embedded offline default generates its dataset
+OFFLINE_ROOT_ENV = "GOPRO_OFFLINE_DATA"
+
+
+def _offline_root():
+    """Where the embedded default's dataset is generated: ``$GOPRO_OFFLINE_DATA``, else :data:`OFFLINE_ROOT`."""
+    chosen = os.environ.get(OFFLINE_ROOT_ENV, "").strip()
+    return osp.abspath(osp.expanduser(chosen)) if chosen else OFFLINE_ROOT
+
+
+def _help_epilog():
+    """The ``--help`` text after the flags: the trainers, the embedded default, the opts."""
+    register_all()
+    trainers = ", ".join(TRAINER_REGISTRY.registered_names())
+    return (
+        f"trainers: {trainers} (a --plugin may add more)\n\n"
+        "embedded offline default: with no --dataset-config-file, no --config-file, no --root and no\n"
+        "DATASET.NAME, `python train.py --trainer CoOp` trains and tests on a generated dataset\n"
+        f"({OFFLINE_DATASET}, written on first use under {_offline_root()}; set {OFFLINE_ROOT_ENV} to move it)\n"
+        "with a tiny CLIP built into this repository (tiny-synthetic), a short schedule and output under\n"
+        "output/offline/<Trainer>/seed<SEED>/: no data and no download needed.\n\n"
+        "real data: --root DATA --dataset-config-file configs/datasets/<name>.yaml\n"
+        "--config-file configs/trainers/<Trainer>/<cfg>.yaml (see DATASETS.md).\n\n"
+        "opts: KEY VALUE pairs after every --flag, e.g.\n"
+        "  python train.py --trainer CoOp --seed 2 OPTIM.LR 0.01 DATASET.NUM_SHOTS 4"
+    )
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=_help_epilog(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=str, default="", help="path to dataset")
     parser.add_argument("--output-dir", type=str, default="", help="output directory")
     parser.add_argument("--resume", type=str, default="", help="checkpoint directory (from which the training resumes)")
@@ -93,6 +128,7 @@ def get_parser():
 def _merge_file(cfg, path, what):
     if not osp.isfile(path):
         raise UserError(f"{what} not found: {path} (check the path given to --{what.replace(' ', '-')})")
+    _check_yaml_mapping(path)
     try:
         cfg.merge_from_file(path)
     except KeyError as exc:
@@ -105,9 +141,47 @@ def _merge_file(cfg, path, what):
         raise UserError(f"{path} is not valid YAML{line}: fix its syntax (nested KEY: VALUE lines)") from None
 
 
+def _check_yaml_mapping(path):
+    """A config file must hold a mapping of KEY: VALUE lines (yacs fails on a list or a scalar
+    with "'list' object has no attribute 'items'"); an empty file merges nothing."""
+    try:
+        with open(path) as f:
+            content = yaml.safe_load(f)
+    except yaml.YAMLError:
+        return  # reported with its line by the merge
+    if content is not None and not isinstance(content, dict):
+        kind = "a list" if isinstance(content, list) else f"a single value ({type(content).__name__})"
+        raise UserError(f"{path} holds {kind}, not a mapping of config keys: write nested KEY: VALUE lines, "
+                        "e.g. a line OPTIM: followed by an indented line LR: 0.002")
+
+
+def _parser_flags():
+    """``{--flag: its argparse action}`` for every flag of :func:`get_parser`."""
+    return {s: action for action in get_parser()._actions for s in action.option_strings}
+
+
+def _check_no_flags_in_opts(opts, source):
+    """A ``--flag`` after the KEY VALUE opts lands in them (argparse's REMAINDER): name it as misplaced."""
+    flags = _parser_flags()
+    for i, token in enumerate(opts):
+        text = str(token)
+        if not text.startswith("--") or text == "--":
+            continue
+        flag = text.split("=", 1)[0]
+        first_opt = next((str(t) for t in opts if not str(t).startswith("-")), "")
+        if flag in flags:
+            takes_value = flags[flag].nargs != 0 and "=" not in text and i + 1 < len(opts)
+            moved = f"{text} {opts[i + 1]}" if takes_value else text
+            raise UserError(f"{flag} must come before the KEY VALUE opts (it follows {first_opt} in the {source}): "
+                            f"move '{moved}' before {first_opt}; every --flag goes before the opts")
+        raise UserError(f"{flag} is not a flag of train.py{did_you_mean(flag, flags)} (found among the {source}): "
+                        "see python train.py --help, and put every flag before the KEY VALUE opts")
+
+
 def _merge_opts(cfg, opts, source):
     if not opts:
         return
+    _check_no_flags_in_opts(list(opts), source)
     if len(opts) % 2:
         raise UserError(
             f"{source}: KEY VALUE pairs expected, got an odd number of tokens {list(opts)} "
@@ -183,7 +257,7 @@ def _build_cfg(args, offline, plugins=()):
     cfg = default_cfg()
     cli_plugins.extend_cfg(plugins, cfg)  # a --plugin's keys, before any file or opt is merged
     if offline:
-        cfg.DATASET.ROOT = OFFLINE_ROOT
+        cfg.DATASET.ROOT = _offline_root()
         _merge_opts(cfg, list(OFFLINE_OPTS), "offline defaults")
         trainer_cls = _trainer_class(args.trainer or cfg.TRAINER.NAME)
         offline_defaults = list(getattr(trainer_cls, "OFFLINE_DEFAULTS", ()))  # a --plugin's trainer may have none
@@ -195,7 +269,7 @@ def _build_cfg(args, offline, plugins=()):
     reset_cfg(cfg, args)
     _merge_opts(cfg, args.opts, "command-line opts")
     if offline and not args.output_dir and not _opts_set(args.opts, "OUTPUT_DIR"):
-        cfg.OUTPUT_DIR = osp.join("output", "offline", cfg.TRAINER.NAME, f"seed{cfg.SEED}")
+        cfg.OUTPUT_DIR = run_folder.offline_output_dir(args, cfg)  # a folder per set of overrides
     return cfg
 
 
@@ -213,8 +287,29 @@ def _trainer_class(name):
     return TRAINER_REGISTRY.get(name)
 
 
+def _check_embedded_default_asked(args):
+    """The embedded offline default runs only when the command names no data at all.
+
+    A ``--root`` or ``--config-file`` without a dataset is a forgotten
+    ``--dataset-config-file``: say so rather than train on generated data
+    (and never generate it inside the user's data folder).
+    """
+    if args.dataset_config_file:
+        raise UserError(f"{args.dataset_config_file} sets no DATASET.NAME: add a line DATASET: followed by an indented "
+                        "line NAME: <Name> (as in configs/datasets/*.yaml)")
+    given = [flag for flag, value in (("--root", args.root), ("--config-file", args.config_file)) if value]
+    if _opts_set(args.opts, "DATASET.ROOT"):
+        given.append("DATASET.ROOT")
+    if given:
+        raise UserError(
+            f"{' and '.join(given)} given without --dataset-config-file: add --dataset-config-file "
+            "configs/datasets/<name>.yaml (e.g. oxford_pets.yaml) or DATASET.NAME <Name>; the embedded offline "
+            f"default (generated data) runs only without {', '.join(given)}"
+        )
+
+
 def setup_cfg(args):
-    """The config, layered as the official train.py (dassl-behaviour.md §a.1).
+    """The config, layered as the official train.py (Dassl's ``tools/train.py`` ``setup_cfg``), then checked.
 
     The ``--plugin`` modules are imported first (once per process), so the
     trainers they register are known.
@@ -224,14 +319,17 @@ def setup_cfg(args):
     cfg = _build_cfg(args, offline=False, plugins=plugins)
     offline = not cfg.DATASET.NAME
     if offline:
+        _check_embedded_default_asked(args)
         cfg = _build_cfg(args, offline=True, plugins=plugins)
-    _trainer_class(cfg.TRAINER.NAME)
+    trainer_cls = _trainer_class(cfg.TRAINER.NAME)
     datasets_known = DATASET_REGISTRY.registered_names()
     if cfg.DATASET.NAME not in datasets_known:
         raise UserError(
             f"unknown dataset {cfg.DATASET.NAME!r}{did_you_mean(cfg.DATASET.NAME, datasets_known)}: "
             f"valid datasets are {', '.join(datasets_known)}"
         )
+    trains = not args.eval_only and not args.no_train and cfg_checks.trainer_trains(trainer_cls)
+    cfg_checks.check_run_cfg(cfg, trains=trains)
     cfg.freeze()
     return cfg, offline
 
@@ -256,6 +354,9 @@ def main(argv=None):
     """
     args = get_parser().parse_args(argv)
     cfg, offline = setup_cfg(args)
+    if args.eval_only and not args.output_dir and not _opts_set(args.opts, "OUTPUT_DIR"):
+        # never the training run's folder: a sub-folder of the model folder (run_folder.eval_output_dir)
+        cfg = run_folder.with_output_dir(cfg, run_folder.eval_output_dir(cfg, args.model_dir, args.load_epoch))
     dist_info = distributed.init_from_env(use_cuda=cfg.USE_CUDA)
     try:
         # one live run per output folder (only rank 0 writes into it under torchrun)
@@ -276,6 +377,12 @@ def _quiet_unless_main(dist_info):
 
 
 def _run(args, cfg, offline):
+    training = not (args.eval_only or args.no_train)
+    # before anything is written into the folder (setup_logger creates a log file)
+    if args.eval_only:
+        run_folder.check_eval_folder(cfg.OUTPUT_DIR)
+    elif training:
+        run_folder.check_training_folder(cfg)
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
@@ -287,6 +394,7 @@ def _run(args, cfg, offline):
     print("Collecting env info ...")
     print("** System info **\n{}\n".format(collect_env_info()))
     logger.info("Dassl backend: %s", dassl_compat.BACKEND)
+    cfg_checks.log_config_warnings(cfg, TRAINER_REGISTRY.get(cfg.TRAINER.NAME))  # into log.txt too
     if offline:
         logger.info(
             "No dataset config given: running the embedded offline default (dataset %s under %s, "
@@ -304,8 +412,12 @@ def _run(args, cfg, offline):
         if args.eval_only:
             trainer.load_model(args.model_dir, epoch=args.load_epoch)
             return trainer.test()
-        if not args.no_train:
+        if training:
+            if distributed.is_main_process():  # the record of this folder's run, once it has resumed
+                run_folder.record_after_resume(trainer, cfg)
             trainer.train()
+            if distributed.is_main_process():  # a trainer whose train() has no before_train (zero-shot)
+                run_folder.write_record(cfg)
         return trainer
     finally:
         sys.stdout.flush()  # everything printed so far reaches log.txt
@@ -324,8 +436,18 @@ def cli(argv=None):
     to the run's log file, for bug reports.
     """
     stdout_before = sys.stdout
+    # SIGTERM / SIGUSR1 save the training state and exit 128 + signal (trainers/preemption.py);
+    # under torchrun every rank would save on its own: there the default handling stays
+    guard = not distributed.launched_by_torchrun() and threading.current_thread() is threading.main_thread()
     try:
-        main(argv)
+        with preemption.guarded(enabled=guard):
+            main(argv)
+    except preemption.Preempted as exc:
+        line = exc.message()
+        print(line)  # reaches the run's log.txt when its tee is still there
+        sys.stdout.flush()
+        sys.__stderr__.write(line + "\n")
+        return exc.exit_code
     except REPORTED_ERRORS as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if sys.stdout is not stdout_before:  # this run's setup_logger ran: its log gets the reason

@@ -116,18 +116,24 @@ def pytest_runtest_teardown(item, nextitem):
 @pytest.fixture(autouse=True)
 def _restore_process_state():
     """After every test: ``sys.stdout`` / ``sys.stderr`` as before it (a tee that ``setup_logger``
-    left behind released, its log file closed) and the ``logging.disable`` level as before it.
+    left behind released, its log file closed), the ``logging.disable`` level and torch's thread
+    count as before it.
 
     Autouse fixtures are set up before, and torn down after, the test's own capture fixtures
     (capsys, capfd), so the streams saved here are the ones outside them."""
+    import torch
+
     saved = {"stdout": sys.stdout, "stderr": sys.stderr}
     disabled = logging.root.manager.disable
+    threads = torch.get_num_threads()  # tests/parity.py and the benchmark set it process-wide
     with _tees_released():
         yield
     for name, stream in saved.items():
         if getattr(sys, name) is not stream:
             setattr(sys, name, stream)
     logging.disable(disabled)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -147,8 +153,20 @@ def tiny_clip():
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
-    """A DATASET.ROOT shared by the tests that run the embedded offline dataset."""
-    return str(tmp_path_factory.mktemp("data"))
+    """Where the embedded offline default generates its dataset for this session (not the clone's data/).
+
+    Set as ``$GOPRO_OFFLINE_DATA`` for the rest of the session, so subprocesses use it too.
+    """
+    from gopro_prompts.train import OFFLINE_ROOT_ENV
+
+    root = str(tmp_path_factory.mktemp("data"))
+    saved = os.environ.get(OFFLINE_ROOT_ENV)
+    os.environ[OFFLINE_ROOT_ENV] = root
+    yield root
+    if saved is None:
+        os.environ.pop(OFFLINE_ROOT_ENV, None)
+    else:
+        os.environ[OFFLINE_ROOT_ENV] = saved
 
 
 def last_accuracy(log_text):
@@ -192,7 +210,8 @@ def offline_trainer(trainer_name, root, out, *opts):
     """A trainer on the embedded offline default, built but not trained."""
     from gopro_prompts import train
 
-    return train.main(["--root", root, "--trainer", trainer_name, "--output-dir", str(out), "--no-train",
+    assert os.environ.get(train.OFFLINE_ROOT_ENV) == root, "use the synthetic_root fixture"
+    return train.main(["--trainer", trainer_name, "--output-dir", str(out), "--no-train",
                        "DATASET.NUM_SHOTS", "2", *opts])
 
 

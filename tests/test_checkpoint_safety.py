@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,8 +27,7 @@ OPTS = ["DATASET.NUM_SHOTS", "1", "OPTIM.MAX_EPOCH", "1"]
 
 
 def _argv(root, out, *opts, flags=()):
-    """A run of the embedded offline default (its generated data under ``root``, see _offline_root)."""
-    assert train.OFFLINE_ROOT == root
+    """A run of the embedded offline default (its generated data under ``root``: conftest's synthetic_root)."""
     return ["--output-dir", str(out), "--trainer", "CoOp", *flags, *OPTS, *opts]
 
 
@@ -39,11 +37,8 @@ def _no_env_report(monkeypatch):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _offline_root(synthetic_root):
-    """The embedded default generates its data in the session's temp folder, not in the clone."""
-    saved, train.OFFLINE_ROOT = train.OFFLINE_ROOT, synthetic_root
-    yield
-    train.OFFLINE_ROOT = saved
+def _offline_data(synthetic_root):
+    """The embedded default generates its data in the session's folder (conftest's synthetic_root)."""
 
 
 class _RunsAShellCommand:
@@ -285,3 +280,30 @@ def caplog_ours():
     yield records
     for logger in loggers:
         logger.removeHandler(handler)
+
+
+# ------------------------------------------------------------------- disk full
+def test_disk_full_during_a_checkpoint_write_gives_one_line_and_keeps_the_last_checkpoint(
+        tmp_path, synthetic_root, capfd, monkeypatch):
+    import errno
+
+    out = tmp_path / "out"
+    save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        if "model.pth.tar-2" in str(f):
+            with open(f, "wb") as handle:
+                handle.write(b"partial")  # what a full disk leaves: a short file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    code = train.cli(_argv(synthetic_root, out, "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "1"))
+    err = capfd.readouterr().err.strip().splitlines()
+    target = out / MODEL / "model.pth.tar-2"
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert str(target) in err[0] and "No space left on device" in err[0] and "disk space" in err[0]
+    folder = out / MODEL
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint", "model.pth.tar-1"]  # no partial file
+    assert (folder / "checkpoint").read_text() == "model.pth.tar-1\n"
+    assert load_checkpoint(str(folder / "model.pth.tar-1"))["epoch"] == 1

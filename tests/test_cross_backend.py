@@ -63,8 +63,9 @@ DRIVER = textwrap.dedent("""
 
 
 def _run(backend, root, out, *flags, kill_after=0):
-    env = {**os.environ, "DASSL_BACKEND": backend, "KILL_AFTER_EPOCH": str(kill_after)}
-    return subprocess.run([sys.executable, "-c", DRIVER, "--root", str(root), "--output-dir", str(out), *flags,
+    env = {**os.environ, "DASSL_BACKEND": backend, "KILL_AFTER_EPOCH": str(kill_after),
+           "GOPRO_OFFLINE_DATA": str(root)}
+    return subprocess.run([sys.executable, "-c", DRIVER, "--output-dir", str(out), *flags,
                            *RUN], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import touch_jpeg
 from gopro_prompts.registry import register_all
 from gopro_prompts.dassl_compat import DATASET_REGISTRY, Datum, get_cfg_default
 from gopro_prompts.datasets import coop_common
@@ -103,7 +104,7 @@ def test_cache_written_by_dassl_is_used_by_dataset(tmp_path, fake_dassl, capsys)
             for i in range(n):
                 rel = f"t{label}/{key}{i}.jpg"
                 (dtd / "images" / f"t{label}").mkdir(parents=True, exist_ok=True)
-                (dtd / "images" / rel).write_bytes(b"x")
+                touch_jpeg(dtd / "images" / rel)  # val / test images are checked before training
                 split[key].append([rel, label, f"t{label}"])
     (dtd / "split_zhou_DescribableTextures.json").write_text(json.dumps(split))
     cache = dtd / "split_fewshot" / "shot_1-seed_4.pkl"

@@ -39,12 +39,12 @@ def _state(trainer):
 
 
 def test_ddp_world_size_one_trains_like_the_plain_path(tmp_path, synthetic_root, monkeypatch):
-    argv = ["--root", synthetic_root, "--trainer", "CoOp", *FAST]
-    plain = train.main([*argv[:4], "--output-dir", str(tmp_path / "plain"), *argv[4:]])
+    argv = ["--trainer", "CoOp", *FAST]
+    plain = train.main([*argv[:2], "--output-dir", str(tmp_path / "plain"), *argv[2:]])
     assert not isinstance(plain._train_forward, torch.nn.parallel.DistributedDataParallel)
 
     _torchrun_env(monkeypatch)
-    ddp = train.main([*argv[:4], "--output-dir", str(tmp_path / "ddp"), *argv[4:]])
+    ddp = train.main([*argv[:2], "--output-dir", str(tmp_path / "ddp"), *argv[2:]])
     assert isinstance(ddp._train_forward, torch.nn.parallel.DistributedDataParallel)
     assert not dist.is_initialized()  # train.main leaves the process group it joined
 
@@ -103,7 +103,7 @@ def test_without_torchrun_nothing_is_distributed(monkeypatch):
 
 
 def test_other_ranks_write_no_checkpoint_and_print_nothing(tmp_path, synthetic_root, monkeypatch, capsys):
-    trainer = train.main(["--root", synthetic_root, "--trainer", "CoOp", "--output-dir", str(tmp_path / "t"),
+    trainer = train.main(["--trainer", "CoOp", "--output-dir", str(tmp_path / "t"),
                           "--no-train", *FAST])
     monkeypatch.setattr(distributed, "is_main_process", lambda: False)
     trainer.save_model(0, str(tmp_path / "ckpt"))

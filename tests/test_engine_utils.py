@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import re
@@ -17,7 +16,6 @@ from PIL import Image
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from gopro_prompts.bundled_dassl import torch_compat, utils
-from gopro_prompts.logs import get_logger
 from gopro_prompts.bundled_dassl.utils import (
     AverageMeter,
     MetricMeter,

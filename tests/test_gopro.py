@@ -303,7 +303,7 @@ def _log(path):
 
 
 def test_base_trained_model_evaluates_on_new_classes_and_other_label_spaces(tmp_path, synthetic_root):
-    flags = ["--root", synthetic_root, "--trainer", "GOPro"]
+    flags = ["--trainer", "GOPro"]
     out = tmp_path / "base"
     trainer = train.main([*flags, "--output-dir", str(out), *FAST, "DATASET.SUBSAMPLE_CLASSES", "base"])
     log = _log(out)
@@ -328,7 +328,7 @@ def test_base_trained_model_evaluates_on_new_classes_and_other_label_spaces(tmp_
 
 
 def test_batch_size_one_is_a_clear_error(tmp_path, synthetic_root, capfd):
-    code = train.cli(["--root", synthetic_root, "--trainer", "GOPro", "--output-dir", str(tmp_path),
+    code = train.cli(["--trainer", "GOPro", "--output-dir", str(tmp_path),
                       "DATALOADER.TRAIN_X.BATCH_SIZE", "1"])
     assert code == 2
     assert "DATALOADER.TRAIN_X.BATCH_SIZE is 1" in capfd.readouterr().err

@@ -144,7 +144,7 @@ def test_k_transforms_is_rejected(tmp_path):
 
 
 def test_the_trainer_loaders_batch_the_views(tmp_path, synthetic_root):
-    trainer = train.main(["--root", synthetic_root, "--trainer", "GOPro", "--output-dir", str(tmp_path),
+    trainer = train.main(["--trainer", "GOPro", "--output-dir", str(tmp_path),
                           "--no-train", "DATASET.NUM_SHOTS", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "4"])
     batch = next(iter(trainer.train_loader_x))
     for key in ("img", "img2", "img3"):

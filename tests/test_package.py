@@ -110,6 +110,7 @@ def test_installed_wheel_finds_its_data_and_trains_outside_a_clone(wheel, tmp_pa
 
     # the console command runs the embedded default; its data go to a per-user cache, not site-packages
     env = {**os.environ, "HOME": str(tmp_path / "home"), "DASSL_BACKEND": "bundled"}
+    env.pop("GOPRO_OFFLINE_DATA", None)  # the default place, not the test session's data folder
     proc = subprocess.run([str(tmp_path / "venv" / "bin" / "gopro-train"), "--trainer", "ZeroshotCLIP",
                            "--output-dir", str(work / "zs")], cwd=work, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -230,7 +230,7 @@ def test_frozen_encoders_keep_no_activations(tiny_clip):
 def test_trainer_test_runs_in_inference_mode(tmp_path, synthetic_root):
     from gopro_prompts import train
 
-    trainer = train.main(["--root", synthetic_root, "--trainer", "CoOp", "--output-dir", str(tmp_path),
+    trainer = train.main(["--trainer", "CoOp", "--output-dir", str(tmp_path),
                           "--no-train", "DATASET.NUM_SHOTS", "1"])
     seen = []
     forward = trainer.model.forward

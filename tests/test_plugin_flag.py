@@ -13,11 +13,14 @@ import json
 import os
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from conftest import last_accuracy
 from gopro_prompts import cli_plugins, dassl_compat, train
+
+REPO = Path(__file__).resolve().parents[1]
 
 #: the trainer of the plugin below; ``{imports}`` picks where its Dassl names come from
 PLUGIN = textwrap.dedent('''
@@ -132,9 +135,12 @@ def test_a_plugin_trainer_trains_and_gets_results_json(tmp_path, synthetic_root,
     method_yaml = tmp_path / "linear_probe.yaml"
     method_yaml.write_text("TRAINER:\n  LINPROBE:\n    INIT_SCALE: 0.5\nOPTIM:\n  NAME: sgd\n")
     out = tmp_path / "runs" / "train"
-    stdout = _run_ok(capfd, ["--root", synthetic_root, "--trainer", "LinearProbe", "--output-dir", str(out),
+    # a method YAML needs a dataset config (the embedded default refuses --config-file): the generated one
+    data = ["--root", synthetic_root, "--dataset-config-file", str(REPO / "configs/datasets/synthetic_shapes.yaml")]
+    small = ["INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0"]
+    stdout = _run_ok(capfd, ["--trainer", "LinearProbe", "--output-dir", str(out), *data,
                              "--plugin", str(plugin), "--plugin", "labplug.extra", "--config-file", str(method_yaml),
-                             *FAST, "TRAINER.LINPROBE.INIT_SCALE", "0.25"])
+                             *FAST, *small, "TRAINER.LINPROBE.INIT_SCALE", "0.25"])
     log = (out / "log.txt").read_text()
     assert "Loading trainer: LinearProbe" in log and "Finish training" in log
     assert "* accuracy:" in stdout
@@ -146,8 +152,7 @@ def test_a_plugin_trainer_trains_and_gets_results_json(tmp_path, synthetic_root,
     assert seen["our_defaults"] and seen["dataset"] == ""
     default = dassl_compat.get_cfg_default()
     assert seen["lr"] == default.OPTIM.LR != 0.01 and seen["max_epoch"] == default.OPTIM.MAX_EPOCH != 1
-    # in the order given: the dotted-name plugin saw the file plugin's node (on every config built:
-    # the offline default builds a second one once it knows no dataset was given)
+    # in the order given: the dotted-name plugin saw the file plugin's node (on every config built)
     order = sys.modules["labplug.extra"].ORDER
     assert order and set(order) == {("extra", True)}
     assert "INIT_SCALE: 0.25" in log and "TAG: set-by-extra" in log  # the opt won over the YAML
@@ -161,9 +166,9 @@ def test_a_plugin_trainer_trains_and_gets_results_json(tmp_path, synthetic_root,
 
     # --eval-only of the same trainer: its own load_model, a results.json that says so
     out_eval = tmp_path / "eval"
-    stdout = _run_ok(capfd, ["--root", synthetic_root, "--trainer", "LinearProbe", "--output-dir", str(out_eval),
+    stdout = _run_ok(capfd, ["--trainer", "LinearProbe", "--output-dir", str(out_eval), *data,
                              "--plugin", str(plugin), "--plugin", "labplug.extra", "--eval-only",
-                             "--model-dir", str(out), "--load-epoch", "1", *FAST])
+                             "--model-dir", str(out), "--load-epoch", "1", *FAST, *small])
     assert "* accuracy:" in stdout and f"Loading weights to linear from {out}" in stdout
     record = json.loads((out_eval / "results.json").read_text())
     assert record["trainer"] == "LinearProbe" and record["eval_only"] and record["load_epoch"] == 1
@@ -185,7 +190,7 @@ def test_a_plugin_trainer_trains_and_gets_results_json(tmp_path, synthetic_root,
 def test_a_plugin_that_imports_real_dassl_directly(tmp_path, synthetic_root, capfd):
     """``from dassl.engine import ...``: runs on real Dassl; elsewhere one line that says why not."""
     plugin = write_plugin(tmp_path, name="RealDasslProbe", node="REALPROBE", imports=REAL_IMPORTS)
-    argv = ["--root", synthetic_root, "--trainer", "RealDasslProbe", "--output-dir", str(tmp_path / "out"),
+    argv = ["--trainer", "RealDasslProbe", "--output-dir", str(tmp_path / "out"),
             "--plugin", str(plugin), *FAST]
     if dassl_compat.BACKEND == "dassl":
         stdout = _run_ok(capfd, argv)
@@ -212,7 +217,7 @@ def _cli_error(capfd, argv):
 
 
 def test_bad_plugins_give_one_line(tmp_path, synthetic_root, capfd):
-    base = ["--root", synthetic_root, "--trainer", "CoOp", "--output-dir", str(tmp_path / "o"), *FAST]
+    base = ["--trainer", "CoOp", "--output-dir", str(tmp_path / "o"), *FAST]
 
     # (flags go before the KEY VALUE opts)
     msg = _cli_error(capfd, ["--plugin", str(tmp_path / "nope.py"), *base])

@@ -51,7 +51,7 @@ def _write_lock(folder, pid, host=None, **extra):
 def test_a_second_live_run_is_refused_with_one_line(capfd, tmp_path, live_pid, synthetic_root):
     out = tmp_path / "run"
     lock = _write_lock(out, live_pid)
-    code = train.cli(["--root", synthetic_root, "--trainer", "CoOp", "--output-dir", str(out), "--no-train",
+    code = train.cli(["--trainer", "CoOp", "--output-dir", str(out), "--no-train",
                       "DATASET.NUM_SHOTS", "1"])
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
@@ -64,7 +64,7 @@ def test_a_second_live_run_is_refused_with_one_line(capfd, tmp_path, live_pid, s
 def test_the_lock_of_a_dead_run_is_taken_over_and_released(tmp_path, dead_pid, synthetic_root):
     out = tmp_path / "run"
     _write_lock(out, dead_pid)
-    train.main(["--root", synthetic_root, "--trainer", "CoOp", "--output-dir", str(out), "--no-train",
+    train.main(["--trainer", "CoOp", "--output-dir", str(out), "--no-train",
                 "DATASET.NUM_SHOTS", "1"])
     assert not (out / LOCK).exists()
     assert (out / "log.txt").is_file()
@@ -80,7 +80,7 @@ def test_a_lock_is_held_during_the_run_and_released_after_an_error(capfd, tmp_pa
         return build(cfg)
 
     monkeypatch.setattr(train, "build_trainer", build_and_look)
-    code = train.cli(["--root", synthetic_root, "--trainer", "CoOp", "--output-dir", str(out),
+    code = train.cli(["--trainer", "CoOp", "--output-dir", str(out),
                       "DATASET.NUM_SHOTS", "1", "DATASET.SUBSAMPLE_CLASSES", "nope"])
     assert code == 2 and "SUBSAMPLE_CLASSES" in capfd.readouterr().err
     assert seen and seen[0]["pid"] == str(os.getpid()) and seen[0]["host"] == socket.gethostname()

@@ -28,7 +28,7 @@ class Killed(BaseException):
 
 
 def _argv(root, out, *opts, flags=()):
-    return ["--root", root, "--output-dir", str(out), *flags, *RUN, *opts]
+    return ["--output-dir", str(out), *flags, *RUN, *opts]
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +71,8 @@ def _resumed_log(out):
 def test_checkpoint_is_plain_data_with_learnables_rng_config_and_origin(reference):
     ckpt = torch.load(reference / MODEL / "model.pth.tar-2", weights_only=True)  # plain data only
     assert set(ckpt) == {"state_dict", "epoch", "optimizer", "scheduler", "val_result",
-                         "rng_state", "best_result", "config", "trainer", "backbone"}
+                         "rng_state", "method_state", "best_result", "config", "trainer", "backbone"}
+    assert ckpt["method_state"] == {}  # CoOp has no state beyond its weights and optimiser
     assert list(ckpt["state_dict"]) == ["ctx"]  # learnable only: no CLIP, no class-dependent buffers
     assert ckpt["epoch"] == 2 and ckpt["trainer"] == "CoOp" and ckpt["backbone"] == BACKBONE
     assert set(ckpt["rng_state"]) == {"python", "numpy", "torch", "cuda"}
@@ -196,7 +197,7 @@ def test_lost_or_truncated_pointer_resumes_from_the_newest_readable_checkpoint(
 
 # ---------------------------------------------------------------- loading another run's checkpoint
 def _eval_error(capfd, root, model_dir, out, *opts):
-    code = train.cli(["--root", root, "--trainer", "CoOp", "--output-dir", str(out), "--eval-only",
+    code = train.cli(["--trainer", "CoOp", "--output-dir", str(out), "--eval-only",
                       "--model-dir", str(model_dir), "--load-epoch", "1", "DATASET.NUM_SHOTS", "1", *opts])
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 2 and err and err[-1].startswith("error: "), err

@@ -20,7 +20,7 @@ def _log(out_dir):
 @pytest.mark.parametrize("trainer_name", ["CoOp", "CoCoOp", "MaPLe", "GOPro"])
 def test_train_then_eval_only_gives_the_same_accuracy(trainer_name, tmp_path, synthetic_root):
     out = tmp_path / "train"
-    train.main(["--root", synthetic_root, "--trainer", trainer_name, "--output-dir", str(out), *FAST])
+    train.main(["--trainer", trainer_name, "--output-dir", str(out), *FAST])
     log = _log(out)
     assert "running the embedded offline default" in log
     assert f"Dassl backend: {dassl_compat.BACKEND}" in log  # the backend this leg runs on
@@ -37,7 +37,7 @@ def test_train_then_eval_only_gives_the_same_accuracy(trainer_name, tmp_path, sy
     assert set(record["metrics"]) >= {"accuracy", "error_rate", "macro_f1"}
 
     out_eval = tmp_path / "eval"
-    acc = train.main(["--root", synthetic_root, "--trainer", trainer_name, "--output-dir", str(out_eval),
+    acc = train.main(["--trainer", trainer_name, "--output-dir", str(out_eval),
                       "--model-dir", str(out), "--load-epoch", "1", "--eval-only", *FAST])
     assert f"{acc:.1f}" == f"{trained:.1f}"
     assert f"Loading weights to {model_name}" in _log(out_eval)
@@ -48,7 +48,7 @@ def test_train_then_eval_only_gives_the_same_accuracy(trainer_name, tmp_path, sy
 @pytest.mark.parametrize("extra", [[], ["--eval-only"]])
 def test_zeroshot_only_evaluates(extra, tmp_path, synthetic_root):
     out = tmp_path / "zs"
-    train.main(["--root", synthetic_root, "--trainer", "ZeroshotCLIP", "--output-dir", str(out), *extra,
+    train.main(["--trainer", "ZeroshotCLIP", "--output-dir", str(out), *extra,
                 "DATASET.NUM_SHOTS", "2"])
     log = _log(out)
     assert "epoch [" not in log
@@ -65,7 +65,7 @@ def _cli_error(capfd, argv):
 
 
 def test_bad_input_gives_one_line(capfd, tmp_path, synthetic_root):
-    base = ["--root", synthetic_root, "--output-dir", str(tmp_path / "o")]
+    base = ["--output-dir", str(tmp_path / "o")]
     msg = _cli_error(capfd, [*base, "--trainer", "CoOpp"])
     assert "did you mean CoOp" in msg and "ZeroshotCLIP" in msg
     msg = _cli_error(capfd, [*base, "--trainer", "CoOp", "DATASET.NAME", "OxfordPet"])
@@ -89,7 +89,8 @@ def test_seed_zero_is_a_valid_seed_and_absent_seed_keeps_yaml(tmp_path):
     assert cfg.SEED == 0 and offline
     yaml = tmp_path / "seed.yaml"
     yaml.write_text("SEED: 7\n")
-    args = train.get_parser().parse_args(["--trainer", "CoOp", "--config-file", str(yaml)])
+    args = train.get_parser().parse_args(["--trainer", "CoOp", "--root", str(tmp_path), "--dataset-config-file",
+                                          "configs/datasets/synthetic_shapes.yaml", "--config-file", str(yaml)])
     cfg, _ = train.setup_cfg(args)
     assert cfg.SEED == 7
 
@@ -118,6 +119,6 @@ def test_every_config_file_merges():
 
 
 def test_input_size_mismatch_is_explained(capfd, tmp_path, synthetic_root):
-    msg = _cli_error(capfd, ["--root", synthetic_root, "--output-dir", str(tmp_path / "o"), "--trainer", "CoOp",
+    msg = _cli_error(capfd, ["--output-dir", str(tmp_path / "o"), "--trainer", "CoOp",
                              "INPUT.SIZE", "(224, 224)", *FAST])
     assert "INPUT.SIZE" in msg and "(32, 32)" in msg

@@ -35,12 +35,13 @@ from gopro_prompts.dassl_compat import (
     DataManager, TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy, get_logger,
     load_checkpoint, load_pretrained_weights, save_checkpoint,
 )
-from gopro_prompts.bundled_dassl.utils import read_checkpoint_pointer
+from gopro_prompts.bundled_dassl.utils import atomic_write, read_checkpoint_pointer
 from gopro_prompts.bundled_dassl.safe_pickle import UnsafeCheckpointError
-from gopro_prompts.trainers import distributed
+from gopro_prompts.trainers import distributed, preemption
 from gopro_prompts.trainers.data import DatasetWrapper
 from gopro_prompts.trainers.clip_helpers import PRECISIONS, Precision, load_clip
 from gopro_prompts.run_lock import pid_exists
+from gopro_prompts.run_folder import changed_config_error, config_changes
 from gopro_prompts.user_errors import UserError
 
 logger = get_logger("trainer")
@@ -62,6 +63,15 @@ class ClipTrainer(TrainerX):
     OFFLINE_DEFAULTS = ()
     #: dataset wrapper given to Dassl's DataManager (ours names an unreadable image file)
     DATASET_WRAPPER = DatasetWrapper
+
+    # pre-emption state (trainers/preemption.py): the replay plan of a resumed pre-empted epoch,
+    # the RNG states at the start of the current epoch and at the entry of a validation test,
+    # the loss summaries of the current epoch's steps, and whether Dassl's after_epoch is running
+    _replay = None
+    _epoch_rng = None
+    _val_entry_rng = None
+    _epoch_summaries = None
+    _in_after_epoch = False
 
     # ------------------------------------------------------------------ config
     @classmethod
@@ -87,6 +97,9 @@ class ClipTrainer(TrainerX):
         self.num_source_domains = dm.num_source_domains
         self.lab2cname = dm.lab2cname
         self.dm = dm
+        for loader in (self.train_loader_x, self.train_loader_u, self.val_loader, self.test_loader):
+            if loader is not None and loader.num_workers > 0:  # workers leave SIGTERM / SIGUSR1 to us
+                loader.worker_init_fn = preemption.chain_worker_init(loader.worker_init_fn)
 
     # ------------------------------------------------------------------- model
     @classmethod
@@ -173,6 +186,8 @@ class ClipTrainer(TrainerX):
         return super().run_epoch()
 
     def forward_backward(self, batch):
+        if self._replay is not None:
+            return self._replay_step()
         inputs, labels = self.parse_batch_train(batch)
         with self.precision.autocast():
             forward = getattr(self, "_train_forward", None) or self.model.forward_train
@@ -199,6 +214,10 @@ class ClipTrainer(TrainerX):
         summary["acc"] = values[-1]
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
+        if self._epoch_summaries is None:  # a step outside Dassl's loop (no before_epoch), e.g. a benchmark
+            self._epoch_summaries = []
+        self._epoch_summaries.append(summary)
+        self._stop_if_preempted(self.batch_idx + 1)
         return summary
 
     def _check_finite(self, loss, terms):
@@ -213,8 +232,139 @@ class ClipTrainer(TrainerX):
             "the last saved checkpoint is intact"
         )
 
+    # ------------------------------------------------------------- pre-emption
+    # trainers/preemption.py: a signal is acted on after the current step, after the current
+    # checkpoint write or before the next evaluation batch; the mid-epoch checkpoint lets a
+    # re-run continue from that exact step (bit-identical on CPU with a fixed seed).
+
+    def before_train(self):
+        preemption.defer()
+        super().before_train()
+
+    def before_epoch(self):
+        super().before_epoch()
+        replay = self._replay
+        if replay is not None and replay["epoch"] == self.epoch:
+            # the loader must draw the same shuffling and augmentation as the interrupted epoch
+            restore_rng_state(replay["epoch_rng"] if replay["steps_done"] else replay["rng"])
+            if not replay["steps_done"]:
+                self._replay = None
+        self._epoch_rng = capture_rng_state()
+        self._epoch_summaries = []
+        self._stop_if_preempted(0, self._epoch_rng)
+
+    def after_epoch(self):
+        self._in_after_epoch = True
+        try:
+            super().after_epoch()
+        finally:
+            self._in_after_epoch = False
+
+    def after_train(self):
+        remove_preempt_checkpoint(self.output_dir)  # the last end-of-epoch checkpoint supersedes it
+        super().after_train()
+
+    def method_state(self) -> dict:
+        """Training state of the method beyond its learnable weights and optimiser (plain data).
+
+        For example a running average of prompts over epochs.  Saved in every checkpoint (end of
+        epoch and pre-emption) and given back to :meth:`load_method_state` on resume.  Default: none.
+        """
+        return {}
+
+    def load_method_state(self, state: dict) -> None:
+        """Restore what :meth:`method_state` returned (called when a run resumes)."""
+
+    def _replay_step(self):
+        """A step already done before the pre-emption: its batch was loaded (the data pipeline's
+        random draws are repeated), the model is not touched, its logged summary is returned."""
+        replay = self._replay
+        summary = replay["summaries"][self.batch_idx]
+        self._epoch_summaries.append(summary)
+        if self.batch_idx + 1 == replay["steps_done"]:
+            restore_rng_state(replay["rng"])  # exactly the state after the interrupted step
+            self._replay = None
+            logger.info("Replayed the data of the %d steps done before the pre-emption; training continues",
+                        replay["steps_done"])
+        signum = preemption.pending()
+        if signum is not None:  # the state is still the one the pre-emption checkpoint holds
+            raise preemption.Preempted(signum, saved=replay["path"], where="while resuming")
+        return summary
+
+    def _stop_if_preempted(self, steps_done, rng_state=None):
+        """On a pending signal: save the state after ``steps_done`` steps of this epoch, then stop.
+
+        ``rng_state``: the RNG states to save (default: the current ones).
+        """
+        signum = preemption.pending()
+        if signum is None:
+            return
+        rng_state = rng_state if rng_state is not None else capture_rng_state()
+        where = f"at epoch {self.epoch + 1}/{self.max_epoch}, after step {steps_done}/{self.num_batches}"
+        if self._replay is not None:
+            raise preemption.Preempted(signum, saved=self._replay["path"], where=where)
+        path = None
+        if distributed.is_main_process():
+            path = self._save_preempted(steps_done, rng_state, signum)
+        raise preemption.Preempted(signum, saved=path, where=where)
+
+    def _save_preempted(self, steps_done, rng_state, signum):
+        state = {
+            "format": preemption.PREEMPT_FORMAT,
+            "epoch": self.epoch,  # the interrupted epoch (0-based); `epoch` epochs are complete
+            "steps_done": steps_done,
+            "num_batches": self.num_batches,
+            "models": {
+                name: {
+                    "state_dict": self._models[name].state_dict(),
+                    "optimizer": self._optims[name].state_dict() if self._optims[name] is not None else None,
+                    "scheduler": self._scheds[name].state_dict() if self._scheds[name] is not None else None,
+                }
+                for name in self.get_model_names()
+            },
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "method_state": self.method_state(),
+            "rng_state": rng_state,
+            "epoch_rng_state": self._epoch_rng,
+            "summaries": list(self._epoch_summaries or [])[:steps_done],
+            "best_result": float(self.best_result),
+            "trainer": type(self).__name__,
+            "backbone": backbone_id(self.cfg),
+            "config": self.cfg.dump(),
+            "signal": int(signum),
+        }
+        path = osp.join(self.output_dir, preemption.PREEMPT_FILE)
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        print(f"Pre-emption checkpoint saved to {path}")
+        return path
+
+    def _resume_preempted(self, path, checkpoint):
+        """Load a pre-emption checkpoint; the epoch it interrupted restarts with a replay of its steps."""
+        epoch, steps = checkpoint["epoch"], checkpoint["steps_done"]
+        print(f"Found a pre-emption checkpoint at {path} (will resume epoch {epoch + 1} after step {steps})")
+        for name in self.get_model_names():
+            entry = checkpoint["models"][name]
+            origin = {"state_dict": entry["state_dict"], "trainer": checkpoint.get("trainer"),
+                      "backbone": checkpoint.get("backbone")}
+            self._models[name].load_state_dict(self._checked_state_dict(name, origin, path, resuming=True))
+            if self._optims[name] is not None and entry.get("optimizer") is not None:
+                self._optims[name].load_state_dict(entry["optimizer"])
+            if self._scheds[name] is not None and entry.get("scheduler") is not None:
+                self._scheds[name].load_state_dict(entry["scheduler"])
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self._restore_loop_state(checkpoint, path)
+        self._replay = {"path": path, "epoch": epoch, "steps_done": steps, "summaries": checkpoint["summaries"],
+                        "epoch_rng": checkpoint["epoch_rng_state"], "rng": checkpoint["rng_state"]}
+        return epoch
+
     # -------------------------------------------------------------- evaluation
     def model_inference(self, images):
+        signum = preemption.pending()  # before each evaluation batch
+        if signum is not None:
+            if self._in_after_epoch and self._val_entry_rng is not None:  # Dassl's per-epoch validation
+                self._stop_if_preempted(self.num_batches, self._val_entry_rng)
+            raise preemption.Preempted(signum, where="during the final evaluation")
         with self.precision.autocast():
             return self.model(images)
 
@@ -226,6 +376,8 @@ class ClipTrainer(TrainerX):
         rank 0 evaluates the gathered logits (trainers/distributed.py).
         """
         self._capture_evaluator_results()
+        preemption.defer()  # a signal now ends the run before the next batch, not inside one
+        self._val_entry_rng = capture_rng_state() if self._in_after_epoch else None
         with torch.inference_mode():
             begin = getattr(self.model, "begin_eval", None)
             if begin is not None:
@@ -314,6 +466,7 @@ class ClipTrainer(TrainerX):
         """Save every registered module to ``directory/<name>/`` (§b.9 keys plus ours)."""
         extra = {
             "rng_state": capture_rng_state(),
+            "method_state": self.method_state(),
             "best_result": float(self.best_result),
             "trainer": type(self).__name__,
             "backbone": backbone_id(self.cfg),
@@ -345,7 +498,14 @@ class ClipTrainer(TrainerX):
         if names and all(osp.isdir(osp.join(directory, name)) for name in names):
             for name in names:
                 found[name] = find_complete_checkpoint(osp.join(directory, name))
-        if not names or len(found) < len(names) or any(item is None for item in found.values()):
+        complete = bool(names) and len(found) == len(names) and all(item is not None for item in found.values())
+        preempted = read_preempt_checkpoint(directory, names)
+        if preempted is not None:
+            done = min(item[1]["epoch"] for item in found.values()) if complete else 0
+            if preempted[1]["epoch"] >= done:  # it is ahead of (or as far as) the last finished epoch
+                return self._resume_preempted(*preempted)
+            logger.info("Ignoring %s: the run went on to save a later end-of-epoch checkpoint", preempted[0])
+        if not complete:
             print("No checkpoint found, train from scratch")
             return 0
 
@@ -370,12 +530,15 @@ class ClipTrainer(TrainerX):
         return start_epoch
 
     def _restore_loop_state(self, checkpoint, path):
-        """RNG states and best_result of a resumed checkpoint; warn about config changes."""
+        """RNG states and best_result of a resumed checkpoint; a checkpoint of another config is refused."""
         changes = config_changes(checkpoint.get("config"), self.cfg)
-        if changes:
-            logger.warning("Resuming %s, made with another config: %s", path, "; ".join(changes))
+        if changes:  # the folder is another experiment's: resuming it would mix the two
+            run_dir = osp.dirname(path) if osp.basename(path) == preemption.PREEMPT_FILE else osp.dirname(osp.dirname(path))
+            raise changed_config_error(f"checkpoint {path}", changes, run_dir or ".")
         if checkpoint.get("best_result") is not None:
             self.best_result = checkpoint["best_result"]
+        if checkpoint.get("method_state"):
+            self.load_method_state(checkpoint["method_state"])
         if checkpoint.get("rng_state") is None:
             logger.warning(
                 "%s has no random-number-generator state (written by Dassl or the official code): "
@@ -522,8 +685,8 @@ def read_pointer(fdir) -> str:
         return ""
 
 
-def _read_checkpoint(path):
-    """The checkpoint at ``path`` if it is a complete, readable one, else None.
+def _load_if_readable(path):
+    """The content of the checkpoint file ``path``, or None when it is missing, truncated or corrupt.
 
     A file that pickles a class loading would have to execute is not skipped
     but refused (``UnsafeCheckpointError`` propagates): someone put it there.
@@ -531,11 +694,16 @@ def _read_checkpoint(path):
     if not osp.isfile(path):
         return None
     try:
-        checkpoint = load_checkpoint(path)
+        return load_checkpoint(path)
     except UnsafeCheckpointError:
         raise
     except Exception:  # truncated or corrupt: load_checkpoint printed which file
         return None
+
+
+def _read_checkpoint(path):
+    """The checkpoint at ``path`` if it is a complete, readable one, else None."""
+    checkpoint = _load_if_readable(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "epoch" not in checkpoint:
         return None
     return checkpoint
@@ -556,6 +724,33 @@ def _remove_dead_temp_files(fdir):
 def _pid_alive(pid: int) -> bool:
     # our own temp files are never left behind while we run
     return pid != os.getpid() and pid_exists(pid)
+
+
+def read_preempt_checkpoint(directory, names):
+    """``(path, checkpoint)`` of the pre-emption checkpoint in ``directory`` for modules ``names``, or None.
+
+    A file that does not read, or is not one of ours for these modules, is ignored with a warning
+    (the run then resumes from its end-of-epoch checkpoints); one that pickles code is refused.
+    """
+    path = osp.join(directory, preemption.PREEMPT_FILE)
+    if not osp.isfile(path):
+        return None
+    checkpoint = _load_if_readable(path)
+    if checkpoint is None:
+        logger.warning("Ignoring the unreadable pre-emption checkpoint %s", path)
+        return None
+    if (not isinstance(checkpoint, dict) or checkpoint.get("format") != preemption.PREEMPT_FORMAT
+            or set(checkpoint.get("models") or ()) != set(names)):
+        logger.warning("Ignoring %s: it is not a pre-emption checkpoint of this trainer's modules %s", path, names)
+        return None
+    return path, checkpoint
+
+
+def remove_preempt_checkpoint(directory):
+    path = osp.join(directory, preemption.PREEMPT_FILE)
+    if osp.isfile(path):
+        os.remove(path)
+        logger.info("Removed %s: training finished, the end-of-epoch checkpoints hold its result", path)
 
 
 def missing_model_message(directory, name, model_file):
@@ -595,33 +790,6 @@ def check_checkpoint_origin(checkpoint, path, trainer_name, backbone, resuming=F
             f"checkpoint {path} was made with backbone {made_with}, but this run uses {backbone} "
             f"(MODEL.BACKBONE): {fix}"
         )
-
-
-def config_changes(stored_dump, cfg, ignore=("OUTPUT_DIR", "RESUME")):
-    """``KEY: old -> new`` for every config value that differs from a checkpoint's stored config."""
-    if not stored_dump:
-        return []
-    try:
-        stored = type(cfg).load_cfg(stored_dump)
-    except Exception:  # not parseable as this config type: nothing to compare
-        return []
-    old, new = _flatten(stored), _flatten(cfg)
-    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
-            if key not in ignore and _plain(old.get(key)) != _plain(new.get(key))]
-
-
-def _flatten(node, prefix=""):
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
 
 
 def check_state_dict_compatible(module, state_dict, path, trainer_name):

@@ -56,6 +56,9 @@ BUILTIN_CHECKPOINTS = {
 
 PRECISIONS = ("fp16", "fp32", "amp", "bf16")
 
+#: where named OpenAI weights are downloaded and looked up (clip-anytorch's default ``download_root``)
+CLIP_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "clip")
+
 
 #: the module name under which the ``clip-anytorch`` package is loaded: a host code base's own
 #: ``clip`` (e.g. the MaPLe repository's fork, whose ``build_model`` takes two arguments) is never used
@@ -140,7 +143,7 @@ def load_clip(name: str, path: str = "", device="cpu", seed: int = 0) -> nn.Modu
         model = build_builtin_clip(name, seed=seed)
         logger.info("Built the tiny random CLIP architecture %r (seed %d)", name, seed)
     elif name in clip.available_models():
-        model, _ = clip.load(name, device="cpu", jit=False)
+        model = _load_named_clip(clip, name)
     else:
         raise UserError(
             f"Unknown backbone {name!r}: MODEL.BACKBONE.NAME must be one of "
@@ -150,6 +153,23 @@ def load_clip(name: str, path: str = "", device="cpu", seed: int = 0) -> nn.Modu
     for p in model.parameters():
         p.requires_grad_(False)
     return model.to(device)
+
+
+def _load_named_clip(clip, name):
+    """``clip.load(name)`` from :data:`CLIP_CACHE`; a failed download names the cache and ``MODEL.BACKBONE.PATH``."""
+    import http.client
+    import urllib.error
+
+    file_name = os.path.basename(clip.clip._MODELS[name])  # e.g. ViT-B-16.pt
+    try:
+        model, _ = clip.load(name, device="cpu", jit=False, download_root=CLIP_CACHE)
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise UserError(
+            f"could not download the CLIP weights of {name} ({reason}): no network here? Copy {file_name} into "
+            f"the clip cache {CLIP_CACHE}, or set MODEL.BACKBONE.PATH /path/to/{file_name}"
+        ) from None
+    return model
 
 
 def _load_clip_file(clip, path):
