@@ -4,7 +4,7 @@
     python parse_test_res.py output/base2new/test_new/oxford_pets/shots_16/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1 --test-log
     python parse_test_res.py output/evaluation/MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets_16shots --multi-exp
 
-Same flags and the same printed lines as CoOp's copy (dassl-behaviour.md §g): per-run
+Same flags and the same printed lines as CoOp's ``parse_test_res.py``: per-run
 ``file: ... accuracy: xx.xx%.`` lines, then ``* accuracy: mean% +- std%`` (population std,
 ``--ci95`` for 1.96 std / sqrt(n)); ``--multi-exp`` parses each entry of DIR as an
 experiment and ends with ``Average performance``.  ``--style dassl`` prints Dassl's format.

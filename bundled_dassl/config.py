@@ -1,9 +1,9 @@
-"""Dassl 0.6.3 default configuration (``shared/notes/dassl-behaviour.md`` §a.2, §a.3).
+"""Dassl 0.6.3 default configuration (as Dassl's ``dassl/config/defaults.py``).
 
 ``get_cfg_default()`` returns a fresh yacs ``CfgNode`` holding every Dassl key
 with its default, so that the YAML files written for CoOp, CoCoOp and MaPLe
 merge unchanged once the caller has added its ``TRAINER.<NAME>`` node.
-yacs itself enforces the merge rules of §a.1 (unknown keys and type changes
+yacs itself enforces the merge rules (unknown keys and type changes
 are errors).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from yacs.config import CfgNode as CN
 
 __all__ = ["get_cfg_default", "clean_cfg"]
 
-# §a.2: top-level keys, then one dict per node. Nested dicts become CfgNodes.
+# Dassl's defaults: top-level keys, then one dict per node. Nested dicts become CfgNodes.
 _DEFAULTS = {
     "VERSION": 1,
     "OUTPUT_DIR": "./output",
@@ -116,7 +116,7 @@ _DEFAULTS = {
         "SPLIT": "test",
         "FINAL_MODEL": "last_step",
     },
-    # §a.3: nodes of Dassl's own DA/DG/SSL trainers. They are never used here,
+    # Nodes of Dassl's own DA/DG/SSL trainers. They are never used here,
     # but CoOp/MaPLe print them (their train.py never calls clean_cfg).
     "TRAINER": {
         "NAME": "",
@@ -159,12 +159,12 @@ _C = CN(_DEFAULTS)
 
 
 def get_cfg_default() -> CN:
-    """A fresh (mutable) copy of Dassl's default config (§a.1 step 1)."""
+    """A fresh (mutable) copy of Dassl's default config (as Dassl's ``dassl/config/__init__.py``)."""
     return _C.clone()
 
 
 def clean_cfg(cfg: CN, trainer: str) -> None:
-    """Drop every ``TRAINER`` child except ``NAME`` and ``trainer.upper()`` (§a.1 step 7).
+    """Drop every ``TRAINER`` child except ``NAME`` and ``trainer.upper()`` (as Dassl's ``clean_cfg``).
 
     Used only by Dassl-style ``tools/train.py``; CoOp/MaPLe never call it.
     """

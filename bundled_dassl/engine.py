@@ -1,7 +1,7 @@
 """Trainer engine of the bundled Dassl-compatible backend.
 
 Reproduces the observable behaviour of Dassl 0.6.3's ``dassl.engine``
-(``shared/notes/dassl-behaviour.md`` §b): the trainer registry and
+(``dassl/engine/build.py`` and ``dassl/engine/trainer.py``): the trainer registry and
 ``build_trainer``, ``TrainerBase`` (model registry, checkpoint helpers,
 TensorBoard writer, the generic epoch loop), ``SimpleTrainer`` (construction
 order, checkpoint policy, ``test()``) and ``TrainerX`` (the labeled-only
@@ -45,7 +45,7 @@ _BEST_FILE = "model-best.pth.tar"
 
 
 def build_trainer(cfg):
-    """Instantiate the trainer named ``cfg.TRAINER.NAME`` (dassl-behaviour.md §f.7)."""
+    """Instantiate the trainer named ``cfg.TRAINER.NAME`` (as Dassl's ``build_trainer``)."""
     available = TRAINER_REGISTRY.registered_names()
     check_availability(cfg.TRAINER.NAME, available)
     if cfg.VERBOSE:
@@ -56,7 +56,7 @@ def build_trainer(cfg):
 class TrainerBase:
     """Model registry, checkpoint helpers, TensorBoard writer and the epoch loop.
 
-    dassl-behaviour.md §b.1, §b.2, §b.5, §b.9.
+    As Dassl's ``dassl/engine/trainer.py`` ``TrainerBase``.
     """
 
     def __init__(self):
@@ -68,7 +68,7 @@ class TrainerBase:
     # ------------------------------------------------------------------ models
     def register_model(self, name="model", model=None, optim=None, sched=None):
         """Register ``model`` (with its optimizer and scheduler) under ``name``."""
-        # §b.5: registering before the base constructor ran is an AttributeError.
+        # As Dassl: registering before the base constructor ran is an AttributeError.
         for attr, what in (("_models", "model"), ("_optims", "optim"), ("_scheds", "sched")):
             if self.__dict__.get(attr) is None:
                 raise AttributeError(f"Cannot assign {what} before super().__init__() call")
@@ -88,7 +88,7 @@ class TrainerBase:
         return names
 
     def set_model_mode(self, mode="train", names=None):
-        """Switch the registered modules to train or eval mode (§b.5)."""
+        """Switch the registered modules to train or eval mode (any other mode is a KeyError)."""
         for name in self.get_model_names(names):
             if mode == "train":
                 self._models[name].train()
@@ -98,7 +98,7 @@ class TrainerBase:
                 raise KeyError(mode)
 
     def update_lr(self, names=None):
-        """Step every registered scheduler that is not None (called by trainers, §b.4)."""
+        """Step every registered scheduler that is not None (trainers call it; the engine never does)."""
         for name in self.get_model_names(names):
             if self._scheds[name] is not None:
                 self._scheds[name].step()
@@ -110,7 +110,7 @@ class TrainerBase:
 
     # ------------------------------------------------------------- checkpoints
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
-        """Save every registered model to ``directory/<name>/`` (§b.9).
+        """Save every registered model to ``directory/<name>/``.
 
         The stored ``epoch`` is ``epoch + 1`` (completed epochs).  Files are
         written by ``utils.save_checkpoint`` (atomic; it prints
@@ -129,7 +129,7 @@ class TrainerBase:
             save_checkpoint(state, osp.join(directory, name), is_best=is_best, model_name=model_name)
 
     def resume_model_if_exist(self, directory):
-        """Resume every registered model from ``directory`` if possible (§b.3).
+        """Resume every registered model from ``directory`` if possible, as Dassl.
 
         Returns the epoch to start from (the stored epoch of the last model,
         or 0 when there is nothing to resume).
@@ -152,7 +152,7 @@ class TrainerBase:
         return start_epoch
 
     def load_model(self, directory, epoch=None):
-        """Load ``model-best.pth.tar`` (epoch None) or ``model.pth.tar-<epoch>`` strictly (§b.9)."""
+        """Load ``model-best.pth.tar`` (epoch None) or ``model.pth.tar-<epoch>`` strictly, as Dassl."""
         if not directory:
             print(
                 "Note that load_model() is skipped as no pretrained model is given "
@@ -202,7 +202,7 @@ class TrainerBase:
 
     # ------------------------------------------------------------------- loop
     def train(self, start_epoch, max_epoch):
-        """Generic loop: before_train, the epochs, after_train (§b.2)."""
+        """Generic loop: before_train, the epochs, after_train (as Dassl's ``TrainerBase.train``)."""
         self.start_epoch = start_epoch
         self.max_epoch = max_epoch
         self.before_train()  # may move self.start_epoch (resume)
@@ -264,18 +264,18 @@ class TrainerBase:
                 self._optims[name].step()
 
     def model_backward_and_update(self, loss, names=None):
-        """zero_grad -> NaN check -> backward -> optimizer step (§b.5)."""
+        """zero_grad -> NaN check -> backward -> optimizer step."""
         self.model_zero_grad(names)
         self.model_backward(loss)
         self.model_update(names)
 
 
 class SimpleTrainer(TrainerBase):
-    """Generic trainer: data, model, evaluator, checkpoint policy and test (§b.1, §b.3, §b.6-b.8)."""
+    """Generic trainer: data, model, evaluator, checkpoint policy and test (as Dassl's ``SimpleTrainer``)."""
 
     def __init__(self, cfg):
         super().__init__()
-        # §b.1 construction order: check_cfg, device, counters, data, model, evaluator.
+        # Dassl's construction order: check_cfg, device, counters, data, model, evaluator.
         self.check_cfg(cfg)
 
         if torch.cuda.is_available() and cfg.USE_CUDA:
@@ -297,7 +297,7 @@ class SimpleTrainer(TrainerBase):
         """Hook to validate the config before anything is built (no-op by default)."""
 
     def build_data_loader(self):
-        """Build the DataManager and expose its loaders and dataset facts (§c.4)."""
+        """Build the DataManager and expose its loaders and dataset facts."""
         dm = DataManager(self.cfg)
         self.train_loader_x = dm.train_loader_x
         self.train_loader_u = dm.train_loader_u
@@ -321,7 +321,7 @@ class SimpleTrainer(TrainerBase):
         super().train(self.start_epoch, self.max_epoch)
 
     def before_train(self):
-        """Resume if possible, open TensorBoard, start the clock (§b.3)."""
+        """Resume if possible, open TensorBoard, start the clock (as Dassl's ``before_train``)."""
         directory = self.cfg.RESUME if self.cfg.RESUME else self.cfg.OUTPUT_DIR
         self.start_epoch = self.resume_model_if_exist(directory)
 
@@ -332,7 +332,7 @@ class SimpleTrainer(TrainerBase):
         self.time_start = time.time()
 
     def after_train(self):
-        """Deploy the final model, test it and print the elapsed time (§b.7)."""
+        """Deploy the final model, test it and print the elapsed time (as Dassl)."""
         print("Finish training")
 
         if not self.cfg.TEST.NO_TEST:
@@ -349,7 +349,7 @@ class SimpleTrainer(TrainerBase):
         self.close_writer()
 
     def after_epoch(self):
-        """Validate for best_val, then save periodic / last-epoch checkpoints (§b.6)."""
+        """Validate for best_val, then save periodic / last-epoch checkpoints (as Dassl)."""
         last_epoch = (self.epoch + 1) == self.max_epoch
         freq = self.cfg.TRAIN.CHECKPOINT_FREQ
         meet_checkpoint_freq = freq > 0 and (self.epoch + 1) % freq == 0
@@ -367,7 +367,7 @@ class SimpleTrainer(TrainerBase):
 
     @torch.no_grad()
     def test(self, split=None):
-        """Evaluate on ``split`` (default ``TEST.SPLIT``) and return the accuracy (§b.8)."""
+        """Evaluate on ``split`` (default ``TEST.SPLIT``) and return the accuracy (the first result)."""
         self.set_model_mode("eval")
         self.evaluator.reset()
 
@@ -398,7 +398,7 @@ class SimpleTrainer(TrainerBase):
 
 
 class TrainerX(SimpleTrainer):
-    """Trainer using labeled data only: the ``run_epoch`` of §b.4."""
+    """Trainer using labeled data only: as Dassl's ``TrainerX.run_epoch``."""
 
     def run_epoch(self):
         """One pass over ``train_loader_x`` with meters, printed lines and TensorBoard scalars."""
@@ -448,7 +448,7 @@ class TrainerX(SimpleTrainer):
             end = time.time()
 
     def parse_batch_train(self, batch):
-        """``(img, label, domain)`` moved to the device (§b.5)."""
+        """``(img, label, domain)`` moved to the device (as Dassl's ``TrainerX``)."""
         input = batch["img"].to(self.device)
         label = batch["label"].to(self.device)
         domain = batch["domain"].to(self.device)

@@ -1,4 +1,4 @@
-"""Dassl's ``Classification`` evaluator and its registry (``dassl-behaviour.md`` §e)."""
+"""Dassl's ``Classification`` evaluator and its registry (Dassl's ``dassl/evaluation/``)."""
 from __future__ import annotations
 
 import os.path as osp
@@ -17,7 +17,7 @@ EVALUATOR_REGISTRY = Registry("EVALUATOR")
 
 
 def build_evaluator(cfg, **kwargs):
-    """Instantiate the evaluator named by ``cfg.TEST.EVALUATOR`` (§e)."""
+    """Instantiate the evaluator named by ``cfg.TEST.EVALUATOR`` (printed with VERBOSE)."""
     name = cfg.TEST.EVALUATOR
     check_availability(name, EVALUATOR_REGISTRY.registered_names())
     if cfg.VERBOSE:
@@ -42,7 +42,7 @@ class EvaluatorBase:
 
 
 def macro_f1_score(y_true: list, y_pred: list) -> float:
-    """Macro F1 (in [0, 1]) averaged over the labels present in ``y_true`` only (§e).
+    """Macro F1 (in [0, 1]) averaged over the labels present in ``y_true`` only.
 
     Equals sklearn's ``f1_score(y_true, y_pred, average="macro",
     labels=unique(y_true))``: a class that is only predicted is not averaged
@@ -80,7 +80,7 @@ def confusion_matrix_normalized(y_true: list, y_pred: list) -> torch.Tensor:
 
 @EVALUATOR_REGISTRY.register()
 class Classification(EvaluatorBase):
-    """Accuracy, error, macro-F1 and optional per-class accuracy / confusion matrix (§e)."""
+    """Accuracy, error, macro-F1 and optional per-class accuracy / confusion matrix."""
 
     def __init__(self, cfg, lab2cname=None, **kwargs):
         super().__init__(cfg)
@@ -118,7 +118,7 @@ class Classification(EvaluatorBase):
                 self._per_class_res[label].append(int(hit))
 
     def evaluate(self):
-        """Print the result block (§e) and return the OrderedDict of results."""
+        """Print the ``=> result`` block (one-decimal percentages) and return the OrderedDict of results."""
         if self._total == 0:
             raise ValueError(
                 "Classification.evaluate() called before any process(): the evaluated split is empty"

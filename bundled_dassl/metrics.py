@@ -1,4 +1,4 @@
-"""Accuracy metric (``shared/notes/dassl-behaviour.md`` §e, last paragraph)."""
+"""Accuracy metric (as Dassl's ``dassl/metrics/accuracy.py`` ``compute_accuracy``)."""
 from __future__ import annotations
 
 import torch

@@ -1,10 +1,11 @@
-"""Optimisers and LR schedules with Dassl 0.6.3 semantics (``dassl-behaviour.md`` §d).
+"""Optimisers and LR schedules with Dassl 0.6.3 semantics (Dassl's ``dassl/optim/``).
 
-* :func:`build_optimizer` -- the six Dassl optimiser names and staged LR (§d.1);
+* :func:`build_optimizer` -- the six Dassl optimiser names and staged LR (``optimizer.py``);
 * :func:`build_lr_scheduler` -- single_step / multi_step / cosine, optionally
-  wrapped in a constant or linear warmup (§d.2, §d.3);
+  wrapped in a constant or linear warmup (``lr_scheduler.py``);
 * :class:`ConstantWarmupScheduler`, :class:`LinearWarmupScheduler` -- the warmup
-  wrappers.  Deliberate fix of §d.5: their ``state_dict()`` is plain data (the
+  wrappers.  Deliberate fix of a Dassl defect (Dassl pickles the successor
+  scheduler object, optimizer included): their ``state_dict()`` is plain data (the
   successor's state dict, not the successor object), so checkpoints load with
   ``torch.load(weights_only=True)`` and a resumed run keeps following the schedule.
 """
@@ -30,7 +31,7 @@ AVAI_SCHEDS = ["single_step", "multi_step", "cosine"]
 
 
 # ---------------------------------------------------------------------------
-# RAdam (§d.1: Dassl ships its own class)
+# RAdam (Dassl ships its own class, ``dassl/optim/radam.py``)
 # ---------------------------------------------------------------------------
 class RAdam(Optimizer):
     """Rectified Adam (Liu et al., ICLR 2020) in the variant Dassl uses.
@@ -103,10 +104,10 @@ class RAdam(Optimizer):
 
 
 # ---------------------------------------------------------------------------
-# build_optimizer (§d.1)
+# build_optimizer (as Dassl's ``dassl/optim/optimizer.py``)
 # ---------------------------------------------------------------------------
 def _staged_param_groups(model, optim_cfg):
-    """[base, new] groups over the model's direct children (§d.1, STAGED_LR)."""
+    """[base, new] groups over the model's direct children (STAGED_LR)."""
     if not isinstance(model, nn.Module):
         raise TypeError(
             "When staged_lr is True, model given to build_optimizer() must be an "
@@ -133,7 +134,7 @@ def _staged_param_groups(model, optim_cfg):
 
 
 def build_optimizer(model, optim_cfg, param_groups=None) -> Optimizer:
-    """Build the optimizer named by ``optim_cfg.NAME`` (§d.1).
+    """Build the optimizer named by ``optim_cfg.NAME`` (as Dassl's ``build_optimizer``).
 
     ``model`` is an ``nn.Module`` (all its parameters, frozen ones included)
     or an iterable of parameters; explicit ``param_groups`` win over both.
@@ -187,7 +188,7 @@ def build_optimizer(model, optim_cfg, param_groups=None) -> Optimizer:
 
 
 # ---------------------------------------------------------------------------
-# Warmup wrappers (§d.3; plain-data state is the deliberate fix of §d.5)
+# Warmup wrappers (as Dassl's ``dassl/optim/lr_scheduler.py``; plain-data state is a deliberate fix)
 # ---------------------------------------------------------------------------
 class _BaseWarmupScheduler(LRScheduler):
     """Runs ``warmup_epoch`` warmup steps, then hands every step to ``successor``.
@@ -195,13 +196,13 @@ class _BaseWarmupScheduler(LRScheduler):
     Own counter ``last_epoch`` (c): 0 at construction; each ``step()`` while
     c < W increments it and sets the warmup LR (or, once c == W, the
     successor's current LR); afterwards ``step()`` steps the successor and c
-    stays at W (§d.3).
+    stays at W.
     """
 
     def __init__(self, optimizer, successor, warmup_epoch, last_epoch=-1):
         self.successor = successor
         self.warmup_epoch = warmup_epoch
-        # torch >= 2.2 has no `verbose` argument: never pass it (§d.5).
+        # `verbose` is deprecated since torch 2.2 and gone in recent releases: never pass it.
         super().__init__(optimizer, last_epoch)
 
     def _warmup_lrs(self) -> list:
@@ -226,7 +227,7 @@ class _BaseWarmupScheduler(LRScheduler):
     def state_dict(self) -> dict:
         """Plain data: this wrapper's fields plus ``successor`` = the successor's state dict.
 
-        Deliberate fix of Dassl's defect (§d.5): Dassl stores the successor
+        Deliberate fix of Dassl's defect: Dassl stores the successor
         object itself, which pickles a copy of the optimizer, needs
         ``weights_only=False`` to load, and freezes the LR after a resume.
         """
@@ -254,7 +255,7 @@ class _BaseWarmupScheduler(LRScheduler):
 
 
 class ConstantWarmupScheduler(_BaseWarmupScheduler):
-    """Warmup at the constant LR ``cons_lr`` for ``warmup_epoch`` epochs (§d.3)."""
+    """Warmup at the constant LR ``cons_lr`` for ``warmup_epoch`` epochs."""
 
     def __init__(self, optimizer, successor, warmup_epoch, cons_lr, last_epoch=-1):
         self.cons_lr = cons_lr
@@ -265,7 +266,7 @@ class ConstantWarmupScheduler(_BaseWarmupScheduler):
 
 
 class LinearWarmupScheduler(_BaseWarmupScheduler):
-    """Warmup from ``min_lr`` (epoch 0), then ``base_lr * e / W`` for epochs 1..W-1 (§d.3)."""
+    """Warmup from ``min_lr`` (epoch 0), then ``base_lr * e / W`` for epochs 1..W-1."""
 
     def __init__(self, optimizer, successor, warmup_epoch, min_lr, last_epoch=-1):
         self.min_lr = min_lr
@@ -278,7 +279,7 @@ class LinearWarmupScheduler(_BaseWarmupScheduler):
 
 
 def wrap_with_warmup(optimizer, successor, optim_cfg) -> LRScheduler:
-    """Wrap ``successor`` in the warmup of ``optim_cfg`` (§d.2 steps 1-2).
+    """Wrap ``successor`` in the warmup of ``optim_cfg`` (as Dassl's ``build_lr_scheduler``).
 
     Requires ``optim_cfg.WARMUP_EPOCH > 0``.  With ``WARMUP_RECOUNT`` False the
     successor's epoch counter first jumps to ``WARMUP_EPOCH``.
@@ -297,10 +298,10 @@ def wrap_with_warmup(optimizer, successor, optim_cfg) -> LRScheduler:
 
 
 # ---------------------------------------------------------------------------
-# build_lr_scheduler (§d.2)
+# build_lr_scheduler (as Dassl's ``dassl/optim/lr_scheduler.py``)
 # ---------------------------------------------------------------------------
 def build_lr_scheduler(optimizer, optim_cfg) -> LRScheduler:
-    """Build the per-epoch LR scheduler of ``optim_cfg`` (§d.2), with warmup if configured."""
+    """Build the per-epoch LR scheduler of ``optim_cfg``, with warmup if ``WARMUP_EPOCH > 0``."""
     name = optim_cfg.LR_SCHEDULER
     if name not in AVAI_SCHEDS:
         raise ValueError(f"scheduler must be one of {AVAI_SCHEDS}, but got {name}")

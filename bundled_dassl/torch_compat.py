@@ -1,4 +1,4 @@
-"""Patches for the *real* Dassl 0.6.3 on current PyTorch (``dassl-behaviour.md`` §d.5).
+"""Patches for the *real* Dassl 0.6.3 on current PyTorch (warmup schedulers and checkpoints).
 
 ``dassl_compat`` applies these only when the real Dassl backend is selected.
 They are the only places where the real backend is patched:
@@ -10,10 +10,11 @@ They are the only places where the real backend is patched:
    objects and fail with ``weights_only=True``; our loader reads them with a
    restricted unpickler that executes nothing (``safe_pickle.py``), also for
    ``load_pretrained_weights`` (``MODEL.INIT_WEIGHTS``).
-3. Checkpoint writing (a deliberate fix, §f.4): real Dassl writes checkpoints
-   and the ``checkpoint`` pointer directly to their final paths, so a run
-   killed mid-write leaves a truncated file; ours writes a temp file and
-   renames it, with the same files and printed lines.
+3. Checkpoint writing (a deliberate fix of ``dassl/utils/torchtools.py``
+   ``save_checkpoint``): real Dassl writes checkpoints and the ``checkpoint``
+   pointer directly to their final paths, so a run killed mid-write leaves a
+   truncated file; ours writes a temp file and renames it, with the same files
+   and printed lines.
 4. The log tee (``make_setup_logger``): real Dassl's ``setup_logger``
    (``dassl/utils/logger.py``) puts a new ``Logger`` tee on top of the current
    ``sys.stdout``.  A second run in the same process therefore stacks a tee
@@ -46,7 +47,7 @@ def make_build_lr_scheduler(real_build_lr_scheduler: Callable) -> Callable:
     Without warmup it delegates to ``real_build_lr_scheduler``.  With
     ``WARMUP_EPOCH > 0`` the successor is built by the real builder on a copy
     of ``optim_cfg`` with ``WARMUP_EPOCH = 0``, then wrapped in our warmup
-    wrapper, which also applies ``WARMUP_RECOUNT`` (§d.2, §d.3).
+    wrapper, which also applies ``WARMUP_RECOUNT`` (as Dassl's ``build_lr_scheduler``).
     """
 
     def build_lr_scheduler(optimizer, optim_cfg):
@@ -86,7 +87,7 @@ def make_load_pretrained_weights(real_load_pretrained_weights: Callable) -> Call
 
 
 def make_resume_from_checkpoint(load_checkpoint: Callable) -> Callable:
-    """Return ``resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None)`` (§b.3)
+    """Return ``resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None)``
     that reads the file with ``load_checkpoint``."""
 
     def resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None):
@@ -99,7 +100,7 @@ def make_save_checkpoint(real_save_checkpoint: Callable) -> Callable:
     """Return ``save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True,
     model_name="")`` that writes every file atomically (temp file, then rename).
 
-    Same files, pointer and printed lines as the real one (§f.4); only a crash
+    Same files, pointer and printed lines as the real one; only a crash
     mid-write differs: it leaves the previous files intact instead of a
     truncated one.  ``real_save_checkpoint`` is accepted for symmetry and not used.
     """

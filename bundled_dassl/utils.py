@@ -1,8 +1,8 @@
 """Dassl-compatible utilities: logging tee, seeding, checkpoints, meters, registry.
 
-Public behaviour follows Dassl 0.6.3 as specified in
-``shared/notes/dassl-behaviour.md`` §f (and §b.3 for resuming, §c.8 for
-``read_image``).  Deliberate departures from Dassl are marked "Deliberate fix".
+Public behaviour follows Dassl 0.6.3's ``dassl/utils/`` (``tools.py``,
+``torchtools.py``, ``logger.py``, ``meters.py``, ``registry.py``).  Deliberate
+departures from Dassl are marked "Deliberate fix".
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ _logger = get_logger("gopro_prompts.bundled_dassl.utils")
 
 
 # ---------------------------------------------------------------------------
-# Filesystem / JSON helpers (§f.5, §c.8)
+# Filesystem / JSON helpers (Dassl's ``dassl/utils/tools.py``)
 # ---------------------------------------------------------------------------
 def mkdir_if_missing(dirname: str) -> None:
     """Create ``dirname`` (and parents) unless it exists; tolerate concurrent creation."""
@@ -86,7 +86,7 @@ def listdir_nohidden(path: str, sort: bool = False) -> list:
 
 
 def read_image(path: str) -> Image.Image:
-    """Open an image with PIL and convert it to RGB (§c.8: no retry, no EXIF rotation)."""
+    """Open an image with PIL and convert it to RGB (as Dassl: no retry, no EXIF rotation)."""
     with Image.open(path) as img:  # close the file handle (Dassl leaks it)
         return img.convert("RGB")
 
@@ -133,7 +133,7 @@ def count_num_param(model: Optional[nn.Module] = None, params: Optional[Iterable
 
 
 # ---------------------------------------------------------------------------
-# Logging tee (§f.2)
+# Logging tee (Dassl's ``dassl/utils/logger.py``)
 # ---------------------------------------------------------------------------
 class _Tee:
     """A ``sys.stdout`` replacement writing to the console and to a log file."""
@@ -155,7 +155,7 @@ class _Tee:
         self.console.flush()
         if self.file is not None:
             self.file.flush()
-            os.fsync(self.file.fileno())  # §f.2: each flush also fsyncs
+            os.fsync(self.file.fileno())  # as Dassl's Logger: each flush also fsyncs
 
     def close(self):
         """Flush and close the log file; later writes only reach the console."""
@@ -191,7 +191,7 @@ def _close_active_tee() -> None:
 
 
 def setup_logger(output: Optional[str] = None) -> None:
-    """Tee ``sys.stdout`` into a log file (§f.2).
+    """Tee ``sys.stdout`` into a log file (as Dassl's ``setup_logger``).
 
     ``output`` is a ``.txt``/``.log`` file or a directory (then ``output/log.txt``).
     An existing file is never overwritten: ``-%Y-%m-%d-%H-%M-%S`` is appended.
@@ -220,7 +220,7 @@ def setup_logger(output: Optional[str] = None) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Seeding and environment (§f.1, §f.3)
+# Seeding and environment (Dassl's ``dassl/utils/tools.py``)
 # ---------------------------------------------------------------------------
 def set_random_seed(seed: int) -> None:
     """Seed Python ``random``, NumPy and torch (CPU and all GPUs); no cudnn flags."""
@@ -231,7 +231,7 @@ def set_random_seed(seed: int) -> None:
 
 
 def collect_env_info() -> str:
-    """torch's pretty env info plus ``\\n        Pillow ({version})`` (§f.3)."""
+    """torch's pretty env info plus ``\\n        Pillow ({version})`` (as Dassl)."""
     from torch.utils.collect_env import get_pretty_env_info
     import PIL
 
@@ -239,7 +239,7 @@ def collect_env_info() -> str:
 
 
 # ---------------------------------------------------------------------------
-# Checkpoints (§f.4, §b.3)
+# Checkpoints (Dassl's ``dassl/utils/torchtools.py``)
 # ---------------------------------------------------------------------------
 def atomic_write(fpath: str, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temp file next to ``fpath``, then rename it over ``fpath``."""
@@ -273,7 +273,7 @@ def save_checkpoint(
     remove_module_from_keys: bool = True,
     model_name: str = "",
 ) -> None:
-    """Save ``state`` to ``save_dir/model.pth.tar-{epoch}`` (or ``model_name``) (§f.4).
+    """Save ``state`` to ``save_dir/model.pth.tar-{epoch}`` (or ``model_name``).
 
     Also (re)writes the ``checkpoint`` pointer file, and copies to
     ``model-best.pth.tar`` when ``is_best``.
@@ -290,7 +290,7 @@ def save_checkpoint(
     if not model_name:
         model_name = f"model.pth.tar-{state['epoch']}"
     fpath = osp.join(save_dir, model_name)
-    # Deliberate fix of a Dassl defect (§f.4 writes directly to the final path):
+    # Deliberate fix of a Dassl defect (Dassl writes directly to the final path):
     # a crash mid-write no longer leaves a truncated checkpoint, nor a pointer
     # file naming one. Every file is written to a temp file and renamed.
     atomic_write(fpath, lambda tmp: torch.save(state, tmp))
@@ -366,7 +366,7 @@ class CheckpointReadError(UserError):
 
 
 def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer=None, scheduler=None) -> int:
-    """Resume ``model`` (and optimizer/scheduler) from the file named in ``fdir/checkpoint`` (§b.3).
+    """Resume ``model`` (and optimizer/scheduler) from the file named in ``fdir/checkpoint``.
 
     Returns the stored ``epoch`` (the number of completed epochs).
     """
@@ -426,7 +426,7 @@ def resume_with_loader(fdir, model, optimizer, scheduler, loader: Callable) -> i
 
 
 def load_pretrained_weights(model: nn.Module, weight_path: str) -> None:
-    """Load the matching (same key and size) entries of ``weight_path`` into ``model`` (§f.4)."""
+    """Load the matching (same key and size) entries of ``weight_path`` into ``model``, as Dassl."""
     checkpoint = load_checkpoint(weight_path)
     if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
         state_dict = checkpoint["state_dict"]
@@ -462,7 +462,7 @@ def load_pretrained_weights(model: nn.Module, weight_path: str) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Meters (§f.6)
+# Meters (Dassl's ``dassl/utils/meters.py``)
 # ---------------------------------------------------------------------------
 class AverageMeter:
     """Running value, sum, count and average (or EMA with ``ema=True``)."""
@@ -515,7 +515,7 @@ class MetricMeter:
 
 
 # ---------------------------------------------------------------------------
-# Registry and name checks (§f.7)
+# Registry and name checks (Dassl's ``registry.py``, ``tools.py`` ``check_availability``)
 # ---------------------------------------------------------------------------
 def _most_similar(name: str, candidates: Iterable[str]) -> Optional[str]:
     """Candidate with the highest difflib ratio to ``name``; later candidates win ties."""

@@ -1,5 +1,5 @@
 """CoOp's 15 benchmark datasets; importing this package registers them in
-``DATASET_REGISTRY`` (``dassl-behaviour.md`` §h).  Layout: ``DATASETS.md``."""
+``DATASET_REGISTRY`` (CoOp's ``datasets/`` readers).  Layout: ``DATASETS.md``."""
 if __name__ != "gopro_prompts.datasets":  # one module per file: never a second copy as `datasets`
     raise ImportError("this folder is the package gopro_prompts.datasets: import it under that name")
 

@@ -1,4 +1,4 @@
-"""Caltech-101 (``dassl-behaviour.md`` §h.6): 100 object classes, split ``split_zhou_Caltech101.json``."""
+"""Caltech-101 (as CoOp reads it): 100 object classes, split ``split_zhou_Caltech101.json``."""
 from gopro_prompts.registry import register_dataset
 
 from .coop_common import CoOpFewShotDataset, read_and_split_data

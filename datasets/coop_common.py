@@ -1,15 +1,17 @@
-"""The pieces shared by CoOp's benchmark datasets (``dassl-behaviour.md`` §h).
+"""The pieces shared by CoOp's benchmark datasets (CoOp's ``datasets/``).
 
 CoOp, CoCoOp and MaPLe read their 11 few-shot datasets with one skeleton
-(§h.1): read (or build and save) a JSON split, sample K shots per class with a
-seed-named cache, then keep the base or new half of the classes.  This module
-implements that skeleton once (:class:`CoOpFewShotDataset`) together with the
-helpers the individual readers use:
+(e.g. CoOp's ``datasets/oxford_pets.py`` ``OxfordPets.__init__``): read (or
+build and save) a JSON split, sample K shots per class with a seed-named cache,
+then keep the base or new half of the classes.  This module implements that
+skeleton once (:class:`CoOpFewShotDataset`) together with the helpers the
+individual readers use:
 
-* :func:`read_split` / :func:`save_split` (§h.2),
-* :func:`split_trainval` and :func:`read_and_split_data` (§h.3),
-* :func:`subsample_classes` (§h.5),
-* :func:`read_classnames` (§h.7),
+* :func:`read_split` / :func:`save_split` (CoOp's ``OxfordPets.read_split`` / ``save_split``),
+* :func:`split_trainval` and :func:`read_and_split_data` (``OxfordPets.split_trainval``,
+  ``DescribableTextures.read_and_split_data``),
+* :func:`subsample_classes` (``OxfordPets.subsample_classes``),
+* :func:`read_classnames` (``ImageNet.read_classnames``),
 * the layout check that turns a missing folder or file into one clear error.
 
 All randomness is Python's global ``random``, consumed in exactly the order of
@@ -92,7 +94,7 @@ class DatasetError(UserError, ValueError):
 
 
 def dataset_root(cfg) -> str:
-    """``DATASET.ROOT`` made absolute with ``~`` expanded, as every CoOp dataset does (§h.1).
+    """``DATASET.ROOT`` made absolute with ``~`` expanded, as every CoOp dataset does.
 
     A root that is a file is a clear :class:`DatasetError` (not a NotADirectoryError
     about some path below it).
@@ -176,7 +178,7 @@ def new_datum(impath, label, classname, source) -> Datum:
 
 
 def make_fewshot_dir(dataset_dir) -> str:
-    """Create ``<dataset_dir>/split_fewshot`` on every construction, like CoOp (§h.1)."""
+    """Create ``<dataset_dir>/split_fewshot`` on every construction, like CoOp."""
     path = osp.join(dataset_dir, "split_fewshot")
     try:
         mkdir_if_missing(path)
@@ -189,7 +191,7 @@ def make_fewshot_dir(dataset_dir) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Split files (§h.2)
+# Split files (CoOp's ``OxfordPets.read_split`` / ``save_split``)
 # ---------------------------------------------------------------------------
 
 
@@ -284,7 +286,7 @@ def _split_entry(filepath, key, index, entry):
 
 
 def _relative(impath, path_prefix):
-    # §h.2: a plain substring replace of the prefix, then one leading "/" dropped.
+    # As CoOp: a plain substring replace of the prefix, then one leading "/" dropped.
     impath = impath.replace(path_prefix, "")
     if impath.startswith("/"):
         impath = impath[1:]
@@ -292,7 +294,7 @@ def _relative(impath, path_prefix):
 
 
 def save_split(train, val, test, filepath, path_prefix) -> None:
-    """Write ``(train, val, test)`` as a ``split_zhou_*.json`` file (§h.2)."""
+    """Write ``(train, val, test)`` as a ``split_zhou_*.json`` file (``write_json``, indent 4)."""
     split = {
         key: [(_relative(item.impath, path_prefix), item.label, item.classname) for item in items]
         for key, items in (("train", train), ("val", val), ("test", test))
@@ -302,12 +304,12 @@ def save_split(train, val, test, filepath, path_prefix) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Split generation (§h.3): only when no split file exists
+# Split generation: only when no split file exists
 # ---------------------------------------------------------------------------
 
 
 def split_trainval(trainval, p_val=0.2):
-    """Split ``trainval`` per label into 80% train / 20% val (§h.3).
+    """Split ``trainval`` per label into 80% train / 20% val (as CoOp's ``OxfordPets.split_trainval``).
 
     Labels in first-appearance order; per label ``round(n * p_val)`` items
     (half to even) go to val after a ``random.shuffle`` of the item indices.
@@ -333,7 +335,7 @@ def split_trainval(trainval, p_val=0.2):
 
 
 def read_and_split_data(image_dir, p_trn=0.5, p_val=0.2, ignored=(), new_cnames=None):
-    """Build a 50/20/30 split from class folders, like CoOp's folder reader (§h.3).
+    """Build a 50/20/30 split from class folders, like CoOp's ``DescribableTextures.read_and_split_data``.
 
     Categories: non-hidden entries of ``image_dir`` minus ``ignored``, sorted;
     label = index.  Per category the images come in ``os.listdir`` order (not
@@ -427,7 +429,7 @@ def check_images_readable(data, source) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Base / new classes (§h.5)
+# Base / new classes (CoOp's ``OxfordPets.subsample_classes``)
 # ---------------------------------------------------------------------------
 
 _SUBSAMPLE_CHOICES = ("all", "base", "new")
@@ -445,7 +447,7 @@ def get_subsample(cfg) -> str:
 
 
 def subsample_classes(*args, subsample="all"):
-    """Keep the base (first ceil(n/2)) or new classes, relabelled from 0 (§h.5).
+    """Keep the base (first ceil(n/2)) or new classes, relabelled from 0.
 
     The labels are the sorted distinct labels of the first dataset (train).
     ``"all"`` returns the inputs unchanged (as a tuple).
@@ -479,12 +481,12 @@ def subsample_classes(*args, subsample="all"):
 
 
 # ---------------------------------------------------------------------------
-# ImageNet-family class names (§h.7)
+# ImageNet-family class names (CoOp's ``ImageNet.read_classnames``)
 # ---------------------------------------------------------------------------
 
 
 def read_classnames(text_file) -> "OrderedDict[str, str]":
-    """``classnames.txt`` -> insertion-ordered map folder id (wnid) -> class name (§h.7)."""
+    """``classnames.txt`` -> insertion-ordered map folder id (wnid) -> class name."""
     classnames = OrderedDict()
     with open(text_file, "r") as f:
         for line in f:
@@ -494,7 +496,7 @@ def read_classnames(text_file) -> "OrderedDict[str, str]":
 
 
 # ---------------------------------------------------------------------------
-# Few-shot sampling and its cache (§c.3, §h.1 step 3, §h.4)
+# Few-shot sampling and its cache ``split_fewshot/shot_{K}-seed_{SEED}.pkl``
 # ---------------------------------------------------------------------------
 
 
@@ -521,7 +523,7 @@ def _warn_short_classes(dataset_name, items, num_shots, split) -> None:
 def sample_fewshot(dataset, items, num_shots, split="train"):
     """``dataset.generate_fewshot_dataset(items, num_shots=K)`` with a shortage warning.
 
-    The sampling itself is the engine's (§c.3).  A class with fewer than K
+    The sampling itself is the engine's (``DatasetBase.generate_fewshot_dataset``).  A class with fewer than K
     images keeps all of them, in order, and consumes no random number; it is
     named in a warning.  The bundled engine already emits that warning, so it is
     added here only under real Dassl (which is silent about it).
@@ -534,7 +536,7 @@ def sample_fewshot(dataset, items, num_shots, split="train"):
 def check_cached_images(data, path) -> None:
     """Fail early when a loaded few-shot cache points to images that are gone.
 
-    Deliberate fix (§h.4): Dassl's cache stores absolute paths and, when the
+    Deliberate fix: Dassl's cache stores absolute paths and, when the
     data moved, fails only when an image is read deep in a loader worker.
     """
     paths = [item.impath for items in data.values() for item in items]
@@ -561,12 +563,12 @@ def load_fewshot_cache(path, keys=("train", "val")):
 
 
 # ---------------------------------------------------------------------------
-# The skeleton of the 11 few-shot datasets (§h.1)
+# The skeleton of the 11 few-shot datasets
 # ---------------------------------------------------------------------------
 
 
 class CoOpFewShotDataset(DatasetBase):
-    """CoOp's common dataset flow (§h.1); subclasses describe their files.
+    """CoOp's common dataset flow (split, few-shot cache, subsample); subclasses describe their files.
 
     Class attributes a subclass sets:
 
@@ -646,7 +648,7 @@ class CoOpFewShotDataset(DatasetBase):
         check_layout(type(self).__name__, cfg, self.dataset_dir, required, groups)
 
     def load_split(self):
-        """Read the split file, or build the split from the sources and save it (§h.1 step 2)."""
+        """Read the split file, or build the split from the sources and save it."""
         if self.split_path is None:
             return self.build_split()
         if osp.exists(self.split_path):

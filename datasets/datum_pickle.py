@@ -1,6 +1,6 @@
 """Reading and writing the pickled dataset caches of CoOp / CoCoOp / MaPLe.
 
-Two kinds of files hold pickled :class:`Datum` objects (``dassl-behaviour.md`` §h.4):
+Two kinds of files hold pickled :class:`Datum` objects:
 
 * the few-shot caches ``split_fewshot/shot_{K}-seed_{SEED}.pkl``;
 * ImageNet's ``preprocessed.pkl``.
@@ -68,7 +68,7 @@ _STATE_KEYS = ["_impath", "_label", "_domain", "_classname"]
 
 
 def _datum_state(item) -> dict:
-    # The instance dict of Dassl's Datum, in its attribute order (§c.1, §h.4).
+    # The instance dict of Dassl's Datum, in its attribute order (``base_dataset.py`` ``Datum.__init__``).
     # Reusing the object's own dict (as object.__getstate__ does) avoids a copy
     # per item when pickling ImageNet's 1.3M entries.
     state = getattr(item, "__dict__", None)
@@ -130,7 +130,7 @@ def dump_datum_pickle(obj) -> bytes:
 
 
 def save_datum_pickle(obj, path: str) -> None:
-    """Write ``obj`` to ``path`` like CoOp does (§h.4), atomically.
+    """Write ``obj`` to ``path`` like CoOp does (highest pickle protocol), atomically.
 
     Deliberate improvement: the bytes go to a temporary file in the same folder
     that is then renamed, so an interrupted run or two runs sharing a seed never
@@ -170,7 +170,7 @@ class _DatumUnpickler(pickle.Unpickler):
 
 
 def load_datum_pickle(path: str):
-    """Read a cache written by CoOp / MaPLe (real Dassl) or by this project (§h.4).
+    """Read a cache written by CoOp / MaPLe (real Dassl) or by this project.
 
     Datum objects are restored without calling their constructor (so image
     files are not re-checked here; see ``coop_common.check_cached_images``).

@@ -1,4 +1,4 @@
-"""Describable Textures (``dassl-behaviour.md`` §h.6): 47 textures, split
+"""Describable Textures (as CoOp's ``datasets/dtd.py``): 47 textures, split
 ``split_zhou_DescribableTextures.json``."""
 from gopro_prompts.registry import register_dataset
 

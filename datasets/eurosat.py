@@ -1,4 +1,4 @@
-"""EuroSAT RGB (``dassl-behaviour.md`` §h.6): 10 land-cover classes, split ``split_zhou_EuroSAT.json``."""
+"""EuroSAT RGB (as CoOp reads it): 10 land-cover classes, split ``split_zhou_EuroSAT.json``."""
 from gopro_prompts.registry import register_dataset
 
 from .coop_common import CoOpFewShotDataset, read_and_split_data

@@ -1,4 +1,4 @@
-"""FGVC-Aircraft (``dassl-behaviour.md`` §h.6): 100 variants, always read from the official lists."""
+"""FGVC-Aircraft (as CoOp reads it): 100 variants, always read from the official lists."""
 import os.path as osp
 
 from gopro_prompts.registry import register_dataset

@@ -1,4 +1,4 @@
-"""Food-101 (``dassl-behaviour.md`` §h.6): 101 dishes, split ``split_zhou_Food101.json``."""
+"""Food-101 (as CoOp's ``datasets/food101.py``): 101 dishes, split ``split_zhou_Food101.json``."""
 from gopro_prompts.registry import register_dataset
 
 from .coop_common import CoOpFewShotDataset, read_and_split_data

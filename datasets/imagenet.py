@@ -1,4 +1,4 @@
-"""ImageNet (ILSVRC-2012) as CoOp reads it (``dassl-behaviour.md`` §h.7).
+"""ImageNet (ILSVRC-2012) as CoOp reads it (CoOp's ``datasets/imagenet.py``).
 
 The val images are the test set (and the val set); the lists of both are kept
 in ``imagenet/preprocessed.pkl``, whose order decides which images few-shot
@@ -65,14 +65,14 @@ class ImageNet(DatasetBase):
                 print(f"Loading preprocessed few-shot data from {path}")
                 train = load_fewshot_cache(path, ("train",))["train"]
             else:
-                # §h.7: ImageNet has no few-shot val; the cache holds train only.
+                # As CoOp: ImageNet has no few-shot val; the cache holds train only.
                 train = sample_fewshot(self, train, num_shots, "train")
                 print(f"Saving preprocessed few-shot data to {path}")
                 save_datum_pickle({"train": train}, path)
 
         train, test = subsample_classes(train, test, subsample=subsample)
         check_images_readable({"train": train, "test": test}, type(self).__name__)
-        # §h.7: val is the test list itself (best_val selects on the test set).
+        # As CoOp: val is the test list itself (best_val selects on the test set).
         super().__init__(train_x=train, val=test, test=test)
 
     def load_preprocessed(self):
@@ -85,7 +85,7 @@ class ImageNet(DatasetBase):
                 f"{self.preprocessed} is not a dict with 'train' and 'test' lists; delete it "
                 f"to rebuild it from images/ (few-shot picks may then differ)"
             )
-        # Deliberate fix (§h.4): the file stores absolute paths; spot-check one
+        # Deliberate fix: the file stores absolute paths; spot-check one
         # image per list instead of failing later inside a loader worker.
         for key in ("train", "test"):
             if data[key] and not osp.isfile(data[key][0].impath):

@@ -1,4 +1,4 @@
-"""ImageNet-A (``dassl-behaviour.md`` §h.7): test only, its 200 classes named by folder wnid."""
+"""ImageNet-A (as CoOp's ``datasets/imagenet_a.py``): test only, its 200 classes named by folder wnid."""
 from gopro_prompts.registry import register_dataset
 
 from .imagenet_variants import ImageNetVariant

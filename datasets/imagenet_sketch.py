@@ -1,4 +1,4 @@
-"""ImageNet-Sketch (``dassl-behaviour.md`` §h.7): test only, 1000 classes."""
+"""ImageNet-Sketch (as CoOp's ``datasets/imagenet_sketch.py``): test only, 1000 classes."""
 from gopro_prompts.registry import register_dataset
 
 from .imagenet_variants import ImageNetVariant

@@ -1,4 +1,4 @@
-"""Shared reader of the test-only ImageNet variants (``dassl-behaviour.md`` §h.7).
+"""Shared reader of the test-only ImageNet variants (as CoOp's ``datasets/imagenet_*.py``).
 
 ImageNet-Sketch, -A, -R and -V2 are evaluation targets: ``train_x = test =``
 all images, no val; ``DATASET.NUM_SHOTS`` and ``DATASET.SUBSAMPLE_CLASSES`` are

@@ -1,4 +1,4 @@
-"""ImageNetV2 matched-frequency (``dassl-behaviour.md`` §h.7): test only, 1000 classes."""
+"""ImageNetV2 matched-frequency (as CoOp's ``datasets/imagenetv2.py``): test only, 1000 classes."""
 import os.path as osp
 
 from gopro_prompts.dassl_compat import listdir_nohidden

@@ -1,4 +1,4 @@
-"""Oxford Flowers 102 (``dassl-behaviour.md`` §h.3, §h.6): split ``split_zhou_OxfordFlowers.json``."""
+"""Oxford Flowers 102 (as CoOp's ``datasets/oxford_flowers.py``): split ``split_zhou_OxfordFlowers.json``."""
 import os.path as osp
 import random
 from collections import OrderedDict

@@ -1,4 +1,4 @@
-"""Oxford-IIIT Pets (``dassl-behaviour.md`` §h.6): 37 breeds, split ``split_zhou_OxfordPets.json``."""
+"""Oxford-IIIT Pets (as CoOp reads it): 37 breeds, split ``split_zhou_OxfordPets.json``."""
 import os.path as osp
 
 from gopro_prompts.registry import register_dataset

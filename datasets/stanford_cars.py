@@ -1,4 +1,4 @@
-"""Stanford Cars (``dassl-behaviour.md`` §h.6): 196 models, split ``split_zhou_StanfordCars.json``.
+"""Stanford Cars (as CoOp reads it): 196 models, split ``split_zhou_StanfordCars.json``.
 
 Unlike the other datasets, split paths are relative to the dataset folder
 (``cars_train/00001.jpg``, ``cars_test/00001.jpg``).

@@ -1,4 +1,4 @@
-"""SUN397 (``dassl-behaviour.md`` §h.6): 397 scene classes, split ``split_zhou_SUN397.json``."""
+"""SUN397 (as CoOp's ``datasets/sun397.py``): 397 scene classes, split ``split_zhou_SUN397.json``."""
 import os.path as osp
 
 from gopro_prompts.registry import register_dataset

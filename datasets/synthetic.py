@@ -5,7 +5,7 @@ Every synthetic dataset draws its images with the concept world of
 CLIP was pretrained on).  On first use it is generated deterministically under
 ``DATASET.ROOT/<dataset_dir>/`` as PNG files plus a split file in CoOp's format
 (``split_zhou_<Name>.json``), and from then on it is read like every CoOp
-dataset (dassl-behaviour.md §h.1): split file, few-shot cache, base / new
+dataset: split file, few-shot cache, base / new
 subsampling.  A folder made by an older generator (``generator.json``) is
 regenerated, and its stale few-shot caches are removed.
 

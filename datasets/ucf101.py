@@ -1,4 +1,4 @@
-"""UCF101 mid-frames (``dassl-behaviour.md`` §h.6): 101 actions, split ``split_zhou_UCF101.json``."""
+"""UCF101 mid-frames (as CoOp's ``datasets/ucf101.py``): 101 actions, split ``split_zhou_UCF101.json``."""
 import os.path as osp
 import re
 

@@ -13,7 +13,7 @@ for *all* names at once:
 real Dassl when importable, else bundled).
 
 Real Dassl 0.6.3 breaks on current PyTorch in two places
-(``shared/notes/dassl-behaviour.md`` §d.5): its warmup schedulers cannot be
+(``dassl/optim/lr_scheduler.py``, ``dassl/utils/torchtools.py``): its warmup schedulers cannot be
 constructed, and checkpoints that pickle a warmup scheduler cannot be read by
 ``torch.load`` with ``weights_only=True``.  Under the real backend this module
 replaces exactly those two things (``build_lr_scheduler`` when a warmup is
@@ -105,7 +105,7 @@ if BACKEND == "dassl":  # pragma: no cover - verified on machines that have Dass
     from dassl.utils import save_checkpoint as _real_save_checkpoint
     from gopro_prompts.bundled_dassl import torch_compat as _torch_compat
 
-    # §d.5 fix 1: warmup schedulers are built by our plain-data wrapper around
+    # Fix 1: warmup schedulers are built by our plain-data wrapper around
     # real Dassl's successor schedule (constructing Dassl's wrapper raises
     # TypeError on torch >= 2.x where `verbose` is gone).
     build_lr_scheduler = _torch_compat.make_build_lr_scheduler(_real_build_lr_scheduler)
@@ -113,7 +113,7 @@ if BACKEND == "dassl":  # pragma: no cover - verified on machines that have Dass
     load_checkpoint = _torch_compat.make_load_checkpoint(_real_load_checkpoint)
     load_pretrained_weights = _torch_compat.make_load_pretrained_weights(load_pretrained_weights)
     resume_from_checkpoint = _torch_compat.make_resume_from_checkpoint(load_checkpoint)
-    # Deliberate fix (§f.4): checkpoint files and the pointer are written atomically.
+    # Deliberate fix: checkpoint files and the pointer are written atomically (real Dassl writes in place).
     save_checkpoint = _torch_compat.make_save_checkpoint(_real_save_checkpoint)
     # Deliberate fix: a second run in one process closes the first run's log tee instead of
     # stacking on it (real Dassl's dassl/utils/logger.py setup_logger), as the bundled engine does.

@@ -5,9 +5,9 @@ full result dict (accuracy, error rate, macro F1) is lost.  The functions here
 keep it and turn it into the run's ``results.json``
 (:mod:`gopro_prompts.run_results`):
 
-* our :class:`~gopro_prompts.trainers.base.ClipTrainer` calls
-  :func:`capture_evaluator_results` and :func:`write_trainer_results` from its
-  own ``test()``;
+* our :class:`~gopro_prompts.trainers.base.ClipTrainer` wraps its evaluator
+  in a :class:`ResultKeepingEvaluator` when it is built, and calls
+  :func:`write_trainer_results` from its own ``test()``;
 * ``train.py`` calls :func:`attach` on every other trainer it builds (one
   registered by a ``--plugin``): its ``test()`` is wrapped, on the instance
   only, to do the same.
@@ -29,24 +29,43 @@ logger = get_logger("results")
 BEST_MODEL_FILE = "model-best.pth.tar"
 
 
-def capture_evaluator_results(trainer) -> None:
-    """From now on ``trainer._last_results`` holds the dict of the evaluator's last ``evaluate()``.
+class ResultKeepingEvaluator:
+    """A Dassl evaluator that keeps the full result dict of its last ``evaluate()`` (``last_results``).
 
-    Resets it to None; the evaluator (``trainer.evaluator``) is wrapped once.
+    Dassl's ``SimpleTrainer.test`` (``dassl/engine/trainer.py``) calls ``reset()``, ``process()``
+    and ``evaluate()`` on ``trainer.evaluator`` and returns only the first value; this wrapper,
+    put in its place by :func:`keep_evaluator_results`, passes every call through unchanged and
+    keeps the dict.  ``reset()`` (the start of every test) forgets the previous one.
     """
-    trainer._last_results = None
-    evaluator = getattr(trainer, "evaluator", None)
-    if evaluator is None or getattr(evaluator, "_captured_by_trainer", False):
-        return
-    evaluate = evaluator.evaluate
 
-    def evaluate_and_keep():
-        results = evaluate()
-        trainer._last_results = dict(results)
+    def __init__(self, evaluator):
+        self.wrapped = evaluator
+        self.last_results = None
+
+    def reset(self):
+        self.last_results = None
+        return self.wrapped.reset()
+
+    def evaluate(self):
+        results = self.wrapped.evaluate()
+        self.last_results = dict(results)
         return results
 
-    evaluator.evaluate = evaluate_and_keep
-    evaluator._captured_by_trainer = True
+    def __getattr__(self, name):  # process(), the counters, ...: the wrapped evaluator's
+        return getattr(self.wrapped, name)
+
+
+def keep_evaluator_results(trainer) -> None:
+    """Make ``trainer.evaluator`` a :class:`ResultKeepingEvaluator` (once)."""
+    evaluator = getattr(trainer, "evaluator", None)
+    if evaluator is not None and not isinstance(evaluator, ResultKeepingEvaluator):
+        trainer.evaluator = ResultKeepingEvaluator(evaluator)
+
+
+def last_results(trainer):
+    """The full result dict of ``trainer``'s last evaluation (None: none since the last reset)."""
+    evaluator = getattr(trainer, "evaluator", None)
+    return evaluator.last_results if isinstance(evaluator, ResultKeepingEvaluator) else None
 
 
 def final_split(trainer, split=None) -> str:
@@ -147,12 +166,15 @@ def attach(trainer) -> None:
         return
     original = trainer.test
 
+    keep_evaluator_results(trainer)
+
     def test(split=None, *args, **kwargs):
-        capture_evaluator_results(trainer)
+        if isinstance(trainer.evaluator, ResultKeepingEvaluator):
+            trainer.evaluator.last_results = None  # a test() that bypasses the evaluator keeps none
         result = original(split, *args, **kwargs)
         if final_split(trainer, split) != "test" or not distributed.is_main_process():
             return result
-        metrics = trainer._last_results
+        metrics = last_results(trainer)
         if metrics is None and isinstance(result, numbers.Real):
             metrics = {"accuracy": float(result)}
         if metrics is None:

@@ -1,6 +1,6 @@
 # Shared helpers of the experiment scripts (scripts/<method>/*.sh); source it, do not run it.
 #
-# Conventions (dassl-behaviour.md §i), the same for every method:
+# Conventions (flag order and folder layout as CoOp's scripts/cocoop/*.sh), the same for every method:
 #   * DATA (required): the folder holding the datasets, passed as --root.
 #   * OUTPUT (default: <repo>/output): where the run folders go.
 #   * Extra arguments after a script's positional ones are yacs KEY VALUE opts handed to train.py
@@ -119,7 +119,7 @@ load_epoch() {
         printf '%s\n' "$from_opts"
         return
     fi
-    # Dassl's default MAX_EPOCH is 10 (dassl-behaviour.md §a.2)
+    # Dassl's default MAX_EPOCH is 10 (dassl/config/defaults.py)
     "$PYTHON" -c 'import sys, yaml
 cfg = yaml.safe_load(open(sys.argv[1])) or {}
 print((cfg.get("OPTIM") or {}).get("MAX_EPOCH", 10))' "$REPO_ROOT/$cfg_file"

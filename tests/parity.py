@@ -7,8 +7,8 @@ fixture's own ``meta`` (class names, and the ``TRAINER.<METHOD>`` node of
 ``meta["trainer_cfg_yaml"]`` merged over our defaults) on the CLIP of
 ``TINY_CLIP``, loads the fixture's parameters, runs its inputs and compares
 every ``out.*``, ``loss.*``, ``grad*.*`` and ``buffer_after_*`` key (and the
-integer tensors, exactly) with the tolerances of ``shared/parity/README.md``
-§9.  ``variant_*`` keys are compared only with ``--variants``.  Prints the
+integer tensors, exactly) with the per-key tolerances of :func:`tolerance`.
+``variant_*`` keys are compared only with ``--variants``.  Prints the
 worst error ratio (|a - e| / allowed) per key; exits 0 only if every key
 matches.  A fixture key that cannot be mapped is a failure, not a skip.
 
@@ -34,12 +34,13 @@ for path in (REPO, HERE):
 #: keys that are inputs to the run, not outputs to compare
 INPUT_PREFIXES = ("inputs.", "param.", "buffer.")
 INTEGER_KEYS = ("tokenized_prompts", "eot_index")
-#: gradients that are analytically zero (README §8, §9): compare against an absolute bound
+#: gradients that are analytically zero (e.g. rho's bias: the text LayerNorms cancel a uniform
+#: shift): compare against an absolute bound
 ANALYTIC_ZERO = ("layer_mix_rho.bias", "grad_total_train.sim_proj.linear.bias")
 
 
 def tolerance(key, expected):
-    """(atol, rtol) for a fixture key, or None for an exact comparison (README §9)."""
+    """(atol, rtol) for a fixture key, or None for an exact comparison."""
     base = key[len("variant_fp16_prompt_cast."):] if key.startswith("variant_") else key
     if base in INTEGER_KEYS or not expected.is_floating_point():
         return None

@@ -199,7 +199,7 @@ def test_real_dassl_warmup_checkpoint_resumes_its_schedule(tmp_path, trained, sy
 def test_pointer_naming_a_file_outside_its_folder_is_ignored(tmp_path, trained, named, caplog_ours):
     folder = _model_dir(tmp_path, {"state_dict": dict(trained[1]), "epoch": 1}) / MODEL
     (folder / "checkpoint").write_text(named + "\n")
-    from gopro_prompts.trainers.base import find_complete_checkpoint
+    from gopro_prompts.trainers.checkpoints import find_complete_checkpoint
 
     path, checkpoint = find_complete_checkpoint(str(folder))
     assert path == str(folder / "model.pth.tar-1") and checkpoint["epoch"] == 1
@@ -211,7 +211,7 @@ def test_pointer_naming_a_file_outside_its_folder_is_ignored(tmp_path, trained, 
 def test_pointer_that_is_not_utf8_falls_back_naming_it(tmp_path, trained, caplog_ours):
     folder = _model_dir(tmp_path, {"state_dict": dict(trained[1]), "epoch": 1}) / MODEL
     (folder / "checkpoint").write_bytes(b"model.pth.tar-\xff\xfe\n")
-    from gopro_prompts.trainers.base import find_complete_checkpoint
+    from gopro_prompts.trainers.checkpoints import find_complete_checkpoint
 
     path, _ = find_complete_checkpoint(str(folder))
     assert path == str(folder / "model.pth.tar-1")

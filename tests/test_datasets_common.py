@@ -1,5 +1,5 @@
 """Shared CoOp dataset helpers and the Dassl-compatible pickle caches
-(``dassl-behaviour.md`` §h.2-§h.5, §c.3)."""
+(as CoOp's ``datasets/oxford_pets.py`` and ``dtd.py`` helpers)."""
 import json
 import os
 import pickle
@@ -72,7 +72,7 @@ def make_items(tmp_path, n=6):
 
 
 # ---------------------------------------------------------------------------
-# Pickle caches (§h.4)
+# Pickle caches
 # ---------------------------------------------------------------------------
 
 
@@ -164,7 +164,7 @@ def test_stale_fewshot_cache_names_missing_images(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# Split files (§h.2)
+# Split files
 # ---------------------------------------------------------------------------
 
 
@@ -196,7 +196,7 @@ def test_read_split_reports_missing_images(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# Split generation (§h.3)
+# Split generation
 # ---------------------------------------------------------------------------
 
 
@@ -244,7 +244,7 @@ def test_read_and_split_data_rounds_half_to_even(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# Base / new (§h.5), short classes (§c.3), layout errors
+# Base / new, short classes, layout errors
 # ---------------------------------------------------------------------------
 
 

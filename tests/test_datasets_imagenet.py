@@ -1,4 +1,4 @@
-"""ImageNet and its four test-only variants from miniature trees (``dassl-behaviour.md`` §h.7)."""
+"""ImageNet and its four test-only variants from miniature trees (as CoOp reads them)."""
 import os
 import random
 from pathlib import Path
@@ -57,7 +57,7 @@ def test_imagenet_builds_and_reuses_preprocessed(tmp_path, capsys):
     sorted_wnids = sorted(IMNET_CLASSES)
     assert ds.classnames == [NAMES[WNIDS.index(w)] for w in sorted_wnids]
     assert (len(ds.train_x), len(ds.test)) == (20, 10)
-    assert ds.val is ds.test  # §h.7: val is the test list
+    assert ds.val is ds.test  # as CoOp: val is the test list
     assert (ds_dir / "split_fewshot").is_dir()
     pkl = ds_dir / "preprocessed.pkl"
     assert b"dassl.data.datasets.base_dataset" in pkl.read_bytes()

@@ -2,7 +2,7 @@
 
 Each test builds a tiny copy of a dataset folder (8x8 JPEGs, split / annotation
 files in their real formats) under ``tmp_path`` and reads it through
-``DATASET_REGISTRY`` (``dassl-behaviour.md`` §h.1-§h.6, §c.3).
+``DATASET_REGISTRY`` (as CoOp's ``datasets/`` readers).
 """
 import json
 import os
@@ -176,7 +176,7 @@ def test_full_dataset_from_split(tmp_path, name, capsys):
     for items in (ds.train_x, ds.val, ds.test):
         assert sorted({it.label for it in items}) == list(range(5))
         assert all(os.path.isfile(it.impath) for it in items)
-    # §h.1 step 1: split_fewshot/ is created on every construction.
+    # As CoOp: split_fewshot/ is created on every construction.
     assert Path(ds.split_fewshot_dir) == Path(ds.dataset_dir) / "split_fewshot"
     assert Path(ds.split_fewshot_dir).is_dir()
 
@@ -249,7 +249,7 @@ def test_short_class_warned_once_and_kept_whole(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------
-# Building the split when the split file is absent (§h.3, §h.6)
+# Building the split when the split file is absent
 # ---------------------------------------------------------------------------
 
 
@@ -306,7 +306,7 @@ def test_cars_split_built_from_mat_files(tmp_path):
     assert ds.classnames == ["2000 AM General Hummer SUV", "2012 Acura RL Sedan", "2012 Audi TT RS Coupe"]
     assert (len(ds.train_x), len(ds.val), len(ds.test)) == (12, 3, 6)
     split = _read_written_split(ds_dir / "split_zhou_StanfordCars.json")
-    # §h.2: StanfordCars paths are relative to the dataset folder.
+    # As CoOp: StanfordCars paths are relative to the dataset folder.
     assert split["test"][0] == ["cars_test/00001.jpg", 0, "2000 AM General Hummer SUV"]
     assert all(p.startswith("cars_train/") for p, _, _ in split["train"] + split["val"])
 
@@ -385,7 +385,7 @@ def _make_class_folders(image_dir, folders, n=10):
 
 
 def test_folder_split_follows_listing_order(tmp_path, monkeypatch, capsys):
-    """§h.3: categories sorted, images in os.listdir order (not sorted), shuffled per class."""
+    """As CoOp: categories sorted, images in os.listdir order (not sorted), shuffled per class."""
     image_dir = tmp_path / "dtd" / "images"
     _make_class_folders(image_dir, ["banded", "Zigzag", "bubbly"])
     real_listdir = os.listdir

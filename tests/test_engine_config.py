@@ -1,4 +1,4 @@
-"""bundled_dassl.config: Dassl 0.6.3 defaults and yacs merge rules (dassl-behaviour.md §a)."""
+"""bundled_dassl.config: Dassl 0.6.3 defaults and yacs merge rules (Dassl's ``dassl/config/defaults.py``)."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +10,7 @@ pytestmark = pytest.mark.bundled_only(
     reason="tests gopro_prompts.bundled_dassl.config directly: "
            "the same code on every leg, so the bundled leg runs it")
 
-# §a.2, every key with its default (dotted name -> value).
+# Dassl 0.6.3: every key with its default (dotted name -> value).
 EXPECTED_DEFAULTS = {
     "VERSION": 1, "OUTPUT_DIR": "./output", "RESUME": "", "SEED": -1, "USE_CUDA": True,
     "VERBOSE": True,
@@ -50,7 +50,7 @@ EXPECTED_DEFAULTS = {
     "TRAINER.NAME": "",
 }
 
-# §a.3
+# nodes of Dassl's own DA/DG/SSL trainers
 DASSL_TRAINER_NODES = [
     "MCD", "MME", "CDAC", "SE", "M3SDA", "DAEL",
     "CROSSGRAD", "DDAIG", "DAELDG", "DOMAINMIX",
@@ -155,7 +155,7 @@ def _leaf_keys(node, prefix=""):
 
 
 def _extend_cfg(cfg):
-    """What CoOp/MaPLe's train.py extend_cfg adds (§a.4); the caller's job, not config.py's."""
+    """What CoOp/MaPLe's train.py extend_cfg adds; the caller's job, not config.py's."""
     cfg.TRAINER.COOP = CN()
     cfg.TRAINER.COOP.N_CTX = 16
     cfg.TRAINER.COOP.CSC = False

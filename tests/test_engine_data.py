@@ -1,6 +1,6 @@
 """Tests for the bundled data pipeline: Datum, DatasetBase, few-shot sampling,
 DatasetWrapper, build_data_loader, DataManager and samplers
-(dassl-behaviour.md §c.1-§c.6, §h.4)."""
+(Dassl's ``dassl/data/``)."""
 import logging
 import pickle
 import random
@@ -101,7 +101,7 @@ def data_log():
 
 
 def reference_fewshot(sources, k, seed):
-    """Hand reimplementation of §c.3 (no repeat), seeded like CoOp's datasets."""
+    """Hand reimplementation of Dassl's few-shot sampling (no repeat), seeded like CoOp."""
     random.seed(seed)
     outputs = []
     for source in sources:
@@ -116,7 +116,7 @@ def reference_fewshot(sources, k, seed):
 
 
 # ---------------------------------------------------------------------------
-# Datum (§c.1, §h.4)
+# Datum
 # ---------------------------------------------------------------------------
 def test_datum_properties_attributes_and_pickle(tmp_path):
     path = write_png(tmp_path / "a.png")
@@ -139,7 +139,7 @@ def test_datum_missing_file_names_the_file(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# DatasetBase (§c.2)
+# DatasetBase
 # ---------------------------------------------------------------------------
 def test_datasetbase_properties(tmp_path):
     train = make_items(tmp_path, [3, 0, 3, 1], distinct_files=False)
@@ -167,7 +167,7 @@ def test_split_by_label_and_domain_keep_first_appearance_order(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# generate_fewshot_dataset (§c.3)
+# generate_fewshot_dataset
 # ---------------------------------------------------------------------------
 FEWSHOT_LABELS = [2, 0, 2, 1, 0, 2, 3, 1, 2, 0, 3, 1, 2, 0, 1, 3, 2, 0, 1, 3]
 
@@ -252,7 +252,7 @@ def test_fewshot_num_shots_below_one_returns_input_unchanged(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------
-# build_dataset (§c.4 step 1, §f.7)
+# build_dataset
 # ---------------------------------------------------------------------------
 def test_build_dataset_prints_and_checks_name(tmp_path, capsys):
     items = make_items(tmp_path, [0, 1])
@@ -270,7 +270,7 @@ def test_build_dataset_prints_and_checks_name(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------
-# DatasetWrapper (§c.6)
+# DatasetWrapper
 # ---------------------------------------------------------------------------
 def test_wrapper_item_and_list_of_transforms(tmp_path):
     items = make_items(tmp_path, [2, 1, 0])
@@ -360,7 +360,7 @@ def test_corrupt_image_error_names_the_file(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# build_data_loader and DataManager (§c.4)
+# build_data_loader and DataManager
 # ---------------------------------------------------------------------------
 def test_build_data_loader_drop_last_rule_and_arguments(tmp_path):
     items = make_items(tmp_path, [0, 1, 2, 0, 1])
@@ -465,7 +465,7 @@ def test_datamanager_quiet_and_empty_train_is_a_clear_error(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------
-# samplers (§c.5)
+# samplers
 # ---------------------------------------------------------------------------
 def _domain_items(tmp_path, n_per_domain, n_domains, n_labels=4):
     path = write_png(tmp_path / "s.png")

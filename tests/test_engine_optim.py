@@ -1,4 +1,4 @@
-"""bundled_dassl.optim and torch_compat.make_build_lr_scheduler (dassl-behaviour.md §d)."""
+"""bundled_dassl.optim and torch_compat.make_build_lr_scheduler (Dassl's ``dassl/optim/``)."""
 from __future__ import annotations
 
 import io
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.bundled_only(
 
 
 def _optim_cfg(**overrides):
-    """The §d.4 base: LR 0.002, 5 epochs, cosine, 1 constant warmup epoch at 1e-5."""
+    """The CoOp/MaPLe/GOPro config shape: LR 0.002, 5 epochs, cosine, 1 constant warmup epoch at 1e-5."""
     cfg = get_cfg_default().OPTIM
     cfg.NAME = "sgd"
     cfg.LR = 0.002
@@ -47,7 +47,7 @@ def _lr(optimizer):
 
 
 def _train(optimizer, scheduler, epochs, num_batches=3):
-    """Mimic the trainer (§b.4): step the scheduler on each epoch's last batch.
+    """Mimic the trainer: step the scheduler on each epoch's last batch.
 
     Returns, per epoch, the LR seen by every batch and the LR printed on the last batch.
     """
@@ -75,7 +75,7 @@ def _fmt(values):
     return [f"{v:.4e}" for v in values]
 
 
-# ----------------------------------------------------------------------------- §d.4
+# ----------------------------------------------------------------------------- worked example
 D4_USED = ["1.0000e-05", "2.0000e-03", "1.8090e-03", "1.3090e-03", "6.9098e-04"]
 D4_PRINTED = ["2.0000e-03", "1.8090e-03", "1.3090e-03", "6.9098e-04", "1.9098e-04"]
 
@@ -122,7 +122,7 @@ def test_linear_warmup_intermediate_epochs_and_recount_false():
 
 
 def test_warmup_wrappers_construct_on_current_torch_without_verbose():
-    # Real Dassl passes a positional `verbose`, which raises TypeError on torch 2.14 (§d.5).
+    # Real Dassl passes a positional `verbose`, which raises TypeError on torch 2.14.
     model = nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     succ = CosineAnnealingLR(opt, T_max=5.0)
@@ -131,7 +131,7 @@ def test_warmup_wrappers_construct_on_current_torch_without_verbose():
     assert _lr(opt) == 1e-4 and sched.get_last_lr() == [1e-4]
 
 
-# ----------------------------------------------------------------------------- §d.5 fix
+# ----------------------------------------------------------------------------- plain-data state
 def _assert_plain(obj, path="state"):
     if isinstance(obj, dict):
         for k, v in obj.items():
@@ -170,7 +170,7 @@ def _checkpoint_after(tmp_path, epochs, cfg):
 def test_resume_after_epoch_2_continues_schedule(tmp_path, capsys):
     cfg = _optim_cfg()
     fdir = _checkpoint_after(tmp_path, 2, cfg)
-    # Fresh process state: build everything again, then resume (§b.3).
+    # Fresh process state: build everything again, then resume.
     model, optimizer, scheduler = _make(cfg)
     start = resume_from_checkpoint(str(fdir), model, optimizer, scheduler)
     assert start == 2
@@ -233,7 +233,7 @@ def test_scheduler_errors():
 
 # ----------------------------------------------------------------------------- torch_compat
 def _fake_real_builder(calls):
-    """Stands in for real Dassl's builder: its warmup path is broken on torch 2.14 (§d.5)."""
+    """Stands in for real Dassl's builder: its warmup path is broken on torch 2.14."""
 
     def real_build_lr_scheduler(optimizer, optim_cfg):
         calls.append(optim_cfg)
@@ -274,7 +274,7 @@ def test_compat_builder_delegates_without_warmup():
 class _Net(nn.Module):
     def __init__(self):
         super().__init__()
-        self.ctx = nn.Parameter(torch.zeros(4))  # top-level: in no staged group (§d.1)
+        self.ctx = nn.Parameter(torch.zeros(4))  # top-level: in no staged group (as Dassl)
         self.backbone = nn.Linear(4, 4)
         self.head = nn.Linear(4, 2)
         self.frozen = nn.Linear(2, 2)

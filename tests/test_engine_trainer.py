@@ -1,8 +1,8 @@
-"""Tests of the bundled trainer engine (shared/notes/dassl-behaviour.md §b).
+"""Tests of the bundled trainer engine (Dassl's ``dassl/engine/trainer.py``).
 
 A toy ``TrainerX`` (a tiny ``nn.Linear`` on in-memory feature batches) checks
 the loop, printed lines, checkpoints, resume, ``load_model``, ``test()``,
-best-val mode, the LR printed under warmup + cosine (§d.4) and TensorBoard.
+best-val mode, the LR printed under warmup + cosine and TensorBoard.
 One test runs the real ``DataManager`` on generated image files.
 """
 from __future__ import annotations
@@ -198,7 +198,7 @@ def test_print_freq_zero_is_a_clear_error(tmp_path):
 
 
 def test_lr_printed_on_last_batch_is_next_epochs_lr(tmp_path, capsys):
-    # dassl-behaviour.md §d.4 worked example.
+    # LR 0.002, 5 epochs, cosine, 1 constant warmup epoch at 1e-5 (the CoOp/MaPLe config shape).
     cfg = make_cfg(
         tmp_path, OPTIM__LR=0.002, OPTIM__MAX_EPOCH=5, OPTIM__LR_SCHEDULER="cosine",
         OPTIM__WARMUP_EPOCH=1, OPTIM__WARMUP_TYPE="constant", OPTIM__WARMUP_CONS_LR=1e-5,

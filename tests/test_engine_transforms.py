@@ -1,4 +1,4 @@
-"""Tests for bundled_dassl.data.transforms (dassl-behaviour.md §c.7)."""
+"""Tests for bundled_dassl.data.transforms (Dassl's ``dassl/data/transforms/transforms.py``)."""
 import random
 
 import numpy as np
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.bundled_only(
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
-# Every op that is not an augmentation policy, in the fixed order of §c.7.
+# Every op that is not an augmentation policy, in Dassl's fixed order.
 NON_POLICY_OPS = [
     "random_translation", "random_crop", "random_resized_crop", "random_flip",
     "colorjitter", "randomgrayscale", "gaussian_blur", "cutout", "normalize",

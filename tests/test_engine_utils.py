@@ -1,4 +1,4 @@
-"""bundled_dassl.utils and torch_compat loaders (dassl-behaviour.md §f, §b.3)."""
+"""bundled_dassl.utils and torch_compat loaders (Dassl's ``dassl/utils/``)."""
 from __future__ import annotations
 
 import json
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.bundled_only(
            "real Dassl's functions) directly: the same code on every leg, so the bundled leg runs it")
 
 
-# ----------------------------------------------------------------------------- meters (§f.6)
+# ----------------------------------------------------------------------------- meters
 def test_metric_meter_string_and_updates():
     meter = MetricMeter()
     meter.update({"loss": torch.tensor(1.2345678), "acc": 50.0})
@@ -69,7 +69,7 @@ def test_average_meter_plain_and_ema():
     assert e.avg == pytest.approx(0.9 * 1.0 + 0.1 * 20.0)
 
 
-# ----------------------------------------------------------------------------- registry (§f.7)
+# ----------------------------------------------------------------------------- registry
 def test_registry_register_get_and_errors():
     reg = Registry("TRAINER")
 
@@ -112,7 +112,7 @@ def test_check_availability_message_and_ties():
         check_availability("a", ["ba", "ab"])
 
 
-# ----------------------------------------------------------------------------- logger (§f.2)
+# ----------------------------------------------------------------------------- logger
 @pytest.fixture
 def restore_stdout():
     saved = sys.stdout
@@ -182,7 +182,7 @@ def test_collect_env_info_appends_pillow(monkeypatch):
     assert collect_env_info() == f"ENV\n        Pillow ({PIL.__version__})"
 
 
-# ----------------------------------------------------------------------------- checkpoints (§f.4)
+# ----------------------------------------------------------------------------- checkpoints
 def _state(epoch=3):
     sd = OrderedDict([("module.weight", torch.ones(2, 2)), ("bias", torch.zeros(2))])
     return {"state_dict": sd, "epoch": epoch, "optimizer": None, "scheduler": None,
@@ -359,7 +359,7 @@ def test_load_pretrained_weights(tmp_path, capsys):
         load_pretrained_weights(dst, str(tmp_path / "n.pth"))
 
 
-# ----------------------------------------------------------------------------- small helpers (§f.5, §c.8)
+# ----------------------------------------------------------------------------- small helpers
 def test_json_and_filesystem_helpers(tmp_path):
     target = tmp_path / "deep" / "split.json"
     write_json({"train": [["a.jpg", 0, "dog"]]}, str(target))

@@ -39,7 +39,7 @@ def test_parity_fixture_with_variants(shared_dir):
 
 # ------------------------------------------------ an independent reference forward
 def _reference(clip, learner, images):
-    """Text and image features written straight from README §7 (full 77-token text, no helpers)."""
+    """Text and image features as MaPLe's official forward (full 77-token text, no helpers)."""
     depth, n = learner.depth, learner.n_ctx
     deep_text = list(learner.compound_prompts_text)
     deep_vision = [proj(p) for proj, p in zip(learner.visual_prompt_proj, deep_text)]
@@ -108,7 +108,7 @@ def test_resnet_backbone_is_a_clear_error():
 
 
 @pytest.mark.parametrize("n_ctx,expected_prefix", [
-    (2, "a photo of a"),  # README §7 quirk: the whole phrase stays, "of a" are fixed tokens
+    (2, "a photo of a"),  # MaPLe quirk: the whole phrase stays, "of a" are fixed tokens
     (3, "a photo of a"),
     (4, "a photo of a"),
     (6, "X X X X X X"),   # N_CTX > 4: random init

@@ -23,7 +23,7 @@ import torch
 
 from gopro_prompts import train
 from gopro_prompts.trainers import preemption
-from gopro_prompts.trainers.base import capture_rng_state
+from gopro_prompts.trainers.rng import capture_rng_state
 
 REPO = Path(__file__).resolve().parents[1]
 #: 2 epochs of 6 steps (2 shots of 12 classes, batch 4) on the embedded offline default

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from gopro_prompts import train
-from gopro_prompts.trainers.base import ClipTrainer, capture_rng_state, restore_rng_state
+from gopro_prompts.trainers.base import ClipTrainer
+from gopro_prompts.trainers.rng import capture_rng_state, restore_rng_state
 
 MODEL = "prompt_learner"
 #: the backbone of the embedded offline default

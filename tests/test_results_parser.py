@@ -12,7 +12,7 @@ from gopro_prompts.tools import runs as runs_mod
 
 # ----------------------------------------------------------------------------- tree generators
 def result_block(acc, total=1000):
-    """The evaluator's printed block (dassl-behaviour.md §e), values with one decimal."""
+    """The evaluator's printed block (Dassl's ``Classification.evaluate``), values with one decimal."""
     return ["=> result", f"* total: {total:,}", f"* correct: {round(total * acc / 100):,}",
             f"* accuracy: {acc:.1f}%", f"* error: {100 - acc:.1f}%", "* macro_f1: 50.0%"]
 
@@ -128,7 +128,7 @@ def test_old_style_logs_only(tmp_path, capsys):
 
 
 def test_test_log_marker_starts_at_the_first_result_block(tmp_path, capsys):
-    """With --test-log a best_val training log reports its final test block (dassl-behaviour.md §g)."""
+    """With --test-log a best_val training log reports its final test block (as CoOp's)."""
     write_log(tmp_path / "exp" / "seed1", accuracy=65.0, val_blocks=(40.0, 50.0))
     code, out, _ = run_parser(capsys, tmp_path / "exp", "--test-log")
     assert summary_line(out) == "* accuracy: 65.00% +- 0.00%"

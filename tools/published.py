@@ -2,8 +2,8 @@
 
 Source: GOPro repository images ``images/b2n.png``, ``images/cd.png`` and ``images/dg.png``
 (commit ``e284586``); the CLIP / CoOp / CoCoOp / MaPLe rows are GOPro's reprints, and their
-base-to-new averages equal the MaPLe README's.  Values as transcribed in
-gopro-and-baselines.md §4.  One misprint is corrected: the image gives CoCoOp's
+base-to-new averages equal the MaPLe README's.  Values as read from
+those images.  One misprint is corrected: the image gives CoCoOp's
 Flowers102 *new* accuracy as 71.15, but its own HM (81.71) and CoCoOp's average (71.69)
 both require 71.75, which is used here.
 

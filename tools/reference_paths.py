@@ -4,7 +4,8 @@ Used by ``scripts/benchmark.py`` (the cost to beat) and by the tests (our
 optimised forwards must give the same logits, losses and gradients).  A
 reference path runs on *our* model's modules and weights, so both paths
 compute the same function, but with the official organisation of the work
-(shared/parity/README.md §5-§8, shared/notes/gopro-and-baselines.md §1):
+(the forwards of CoOp's ``trainers/coop.py`` and ``trainers/cocoop.py``, MaPLe's
+``trainers/maple.py`` and GOPro's official trainer):
 
 * every text prompt is the full 77-token sequence (no truncation);
 * the text encoder is CLIP's: ``ln_final`` over all tokens, then the EOT token;
@@ -66,7 +67,7 @@ def full_length_prompts(learner: nn.Module, pad_embedding: torch.Tensor):
 
 def official_text_encode(text_encoder: nn.Module, prompts: torch.Tensor, tokenized: torch.Tensor,
                          deep_prompts: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
-    """CLIP's text tower as the official TextEncoder runs it (README §1 "Frozen CLIP forward").
+    """CLIP's text tower as the official TextEncoder runs it (CoOp's ``TextEncoder.forward``).
 
     ``prompts`` [N, 77, D] + positional embedding -> blocks (MaPLe: positions
     1..n replaced by the deep prompt before blocks 1..J-1) -> ``ln_final`` on

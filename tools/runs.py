@@ -5,9 +5,9 @@ code).  Its result is read, in this order:
 
 1. ``results.json`` (written by every final evaluation, see ``run_results.py``);
 2. otherwise the newest of ``log.txt`` / ``log.txt-<timestamp>``: a re-run in the same
-   folder logs to ``log.txt-%Y-%m-%d-%H-%M-%S`` (dassl-behaviour.md §f.2), and the newest
+   folder logs to ``log.txt-%Y-%m-%d-%H-%M-%S`` (Dassl's ``setup_logger``), and the newest
    run is the one that counts.  The value is the last ``* <keyword>: NUMBER%`` line after
-   the end marker (dassl-behaviour.md §g).
+   the end marker (as CoOp's ``parse_test_res.py``).
 
 Logs set aside by our scripts (``log.txt-unfinished-<time>``) are earlier attempts: they are
 never read for a value, but they show that a run was started.
@@ -30,12 +30,12 @@ from gopro_prompts.run_results import RESULTS_FILE, read_results
 
 
 LOG_FILE = "log.txt"
-#: a Dassl re-run log: log.txt-%Y-%m-%d-%H-%M-%S (dassl-behaviour.md §f.2)
+#: a Dassl re-run log: log.txt-%Y-%m-%d-%H-%M-%S (Dassl's dassl/utils/logger.py setup_logger)
 _STAMPED_LOG = re.compile(r"^log\.txt-(\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2})$")
 _STAMP_FORMAT = "%Y-%m-%d-%H-%M-%S"
 
 #: end markers of a training log.  "Finished training" is the pre-0.6.1 Dassl string that
-#: MaPLe's parser still expects (dassl-behaviour.md §g); accepting both is a deliberate fix,
+#: MaPLe's parse_test_res.py still expects; accepting both is a deliberate fix,
 #: so old MaPLe logs and current ones both parse.
 END_MARKERS = ("Finish training", "Finished training")
 #: end marker of an evaluation log (``--test-log``)
@@ -113,7 +113,7 @@ def _read_lines(path: str) -> List[str]:
 
 
 def value_from_log(lines: List[str], keyword: str = "accuracy", test_log: bool = False) -> Optional[float]:
-    """The last ``* keyword: NUMBER%`` after the end marker (dassl-behaviour.md §g).
+    """The last ``* keyword: NUMBER%`` after the end marker (as CoOp's ``parse_test_res.py``).
 
     Lines are stripped; the marker must equal a whole line (``=> result`` with ``test_log``,
     else ``Finish training`` / ``Finished training``) and is itself searched too; nothing
@@ -259,7 +259,7 @@ def canonical_dataset(name: str) -> str:
 
 
 def info_from_path(path: str) -> Dict:
-    """What the official folder layouts say about a run (dassl-behaviour.md §i).
+    """What the official folder layouts (CoCoOp's and MaPLe's scripts) say about a run.
 
     ``base2new/{train_base,test_base,test_new}/<dataset>/shots_<K>/<Trainer>/<cfg>/seed<S>``,
     ``evaluation/<Trainer>/<cfg>_<K>shots[/...]/<dataset>/seed<S>`` and

@@ -269,7 +269,7 @@ def _tokenizer():
 
 
 def clean_classname(name: str) -> str:
-    """Class names with ``_`` as spaces (prompt-construction.md, "Class names")."""
+    """Class names with ``_`` as spaces (as every official prompt learner)."""
     return name.replace("_", " ")
 
 

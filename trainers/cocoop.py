@@ -3,12 +3,12 @@
 A learned context shared by all classes, shifted per image by a small meta-net
 (Linear embed -> embed/16, ReLU, Linear -> text width) fed the L2-normalised
 image feature; every class prompt of image b uses the shifted context ctx + pi_b
-(shared/parity/README.md §6, prompt-construction.md "Per-image context").
+(CoOp's ``trainers/cocoop.py`` ``PromptLearner.forward``).
 
 All per-image prompt sets of a batch go through ONE batched text-encoder call
 (truncated to the longest prompt) instead of the official loop over images;
 the prompt start shared by an image's classes (SOS + its context) is encoded
-once per image (exact under CLIP's causal mask, docs/performance.md); a very
+once per image (exact under CLIP's causal mask, README "Performance"); a very
 large B*C (e.g. evaluation batches on ImageNet) is split by whole images into
 calls of at most ``CoCoOpModel.max_text_batch`` prompts, which gives the same
 numbers.  Only the prompt learner is optimised and
@@ -31,7 +31,7 @@ from gopro_prompts.user_errors import UserError
 
 
 @register_trainer_config("COCOOP")
-def _cocoop_node(node):  # dassl-behaviour.md §a.4, official names and defaults
+def _cocoop_node(node):  # as CoOp's train.py extend_cfg: official names and defaults
     node.N_CTX = 16
     node.CTX_INIT = ""
     node.PREC = "fp16"
@@ -42,7 +42,7 @@ class CoCoOpPromptLearner(nn.Module):
 
     def __init__(self, node, classnames, clip_model):
         super().__init__()
-        # prompt-construction.md: CoOp-style init (CTX_INIT's word count replaces N_CTX)
+        # CoOp-style init, as CoOp's trainers/cocoop.py PromptLearner (CTX_INIT's word count replaces N_CTX)
         parts = build_prompt_parts(classnames, clip_model, node.N_CTX, node.CTX_INIT, style="coop")
         width = clip_model.ln_final.weight.shape[0]
         vis_dim = clip_model.visual.output_dim

@@ -1,7 +1,7 @@
 """CoOp: learned context vectors for CLIP's text prompts (Zhou et al., IJCV 2022).
 
 Unified or class-specific (CSC) context, class token at the end, middle or
-front, CTX_INIT or random initialisation (prompt-construction.md).  Only the
+front, CTX_INIT or random initialisation (as CoOp's ``trainers/coop.py`` ``PromptLearner``).  Only the
 prompt learner is optimised and checkpointed (as ``prompt_learner``).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ POSITIONS = ("end", "middle", "front")
 
 
 @register_trainer_config("COOP")
-def _coop_node(node):  # dassl-behaviour.md §a.4, official names and defaults
+def _coop_node(node):  # as CoOp's train.py extend_cfg: official names and defaults
     node.N_CTX = 16
     node.CSC = False
     node.CTX_INIT = ""
@@ -39,7 +39,7 @@ class CoOpPromptLearner(nn.Module):
             )
         parts = build_prompt_parts(classnames, clip_model, node.N_CTX, node.CTX_INIT, style="coop")
         width = clip_model.ln_final.weight.shape[0]
-        # CSC applies only to random initialisation (prompt-construction.md).
+        # CSC applies only to random initialisation (CoOp ignores it when CTX_INIT is given).
         class_specific = bool(node.CSC) and parts.ctx_init is None
         self.ctx = make_context(parts, width, n_cls=len(classnames) if class_specific else None)
         register_class_buffers(self, parts)

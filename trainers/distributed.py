@@ -17,7 +17,7 @@ process group when ``torchrun``'s environment (``RANK`` / ``WORLD_SIZE`` /
   per rank, reshuffled every epoch from ``SEED``): each process trains on
   ``DATALOADER.TRAIN_X.BATCH_SIZE`` images, so one optimiser step sees
   ``N x BATCH_SIZE`` images and the gradient is that of the mean loss over
-  them (see docs/performance.md for the batch semantics);
+  them (see README.md "Multi-GPU training" for the batch semantics);
 * evaluate on a strided shard per rank and gather the logits on rank 0,
   which runs Dassl's evaluator over the whole split (identical accuracy);
 * write logs, TensorBoard, checkpoints and ``results.json`` on rank 0 only.
@@ -179,7 +179,7 @@ def shard_train_loader(loader: DataLoader, seed: int, rank: Optional[int] = None
                        world_size: Optional[int] = None) -> DataLoader:
     """The train loader with a ``DistributedSampler``: a disjoint, shuffled shard per rank.
 
-    ``drop_last`` follows Dassl's rule on the shard (dassl-behaviour.md §c.4:
+    ``drop_last`` follows Dassl's rule (``build_data_loader``) on the shard:
     drop the last partial batch unless the shard is smaller than one batch).
     Call ``loader.sampler.set_epoch(epoch)`` every epoch.
     """

@@ -1,8 +1,7 @@
 """GOPro: generate and ensemble prompts over CLIP's layers (Singha, Jha, Banerjee, BMVC 2023).
 
 The computation of the official implementation (mainaksingha01/GOPro
-``e284586``), as specified in ``shared/notes/gopro-and-baselines.md`` §1 and
-checked by ``shared/parity/gopro.pt`` (parity README §8):
+``e284586``), checked against the parity fixture ``gopro.pt`` by ``tests/parity.py``:
 
 1. the frozen CLIP image encoder returns the tokens of every residual block,
    detached; per block, mu = token mean and sigma = population std (fp32, the
@@ -22,7 +21,7 @@ checked by ``shared/parity/gopro.pt`` (parity README §8):
 
 Paper-vs-code switches under ``TRAINER.GOPRO`` (defaults = official code):
 ``RHO_PER_VIEW``, ``SHIFT_PER_TOKEN``, ``TEXT_PROJ``, ``PROJ_IN_CE``
-(documented in ``docs/gopro.md``).  Deliberate fixes of the official code are
+(documented in README.md "GOPro").  Deliberate fixes of the official code are
 marked "Deliberate fix" below and in :mod:`trainers.gopro_views`.
 """
 from __future__ import annotations
@@ -44,7 +43,7 @@ from gopro_prompts.user_errors import UserError
 
 logger = get_logger("gopro")
 
-#: epsilon added to the sum of squared deviations before dividing by T (notes §1.2)
+#: epsilon added to the sum of squared deviations before dividing by T (the official code's placement)
 STD_EPS = 2.3e-8
 #: the self-similarity mask of the official SimCLR loss
 SELF_MASK = 1e9
@@ -58,12 +57,12 @@ def _gopro_node(node):
     node.N_CTX = 4
     node.CTX_INIT = "a photo of a"
     node.PREC = "fp16"
-    # losses (notes §1.10): total = W_CE * ce + W_SEM * sem + W_CON * con
+    # losses (official weights 1 / 1 / 0.1): total = W_CE * ce + W_SEM * sem + W_CON * con
     node.W_CE = 1.0
     node.W_SEM = 1.0
     node.W_CON = 0.1
     node.CON_TEMPERATURE = 0.1
-    # paper-vs-code switches (notes §2.1); the defaults are the official computation
+    # paper-vs-code switches (README.md "GOPro"); the defaults are the official computation
     node.RHO_PER_VIEW = False     # P4: separate rho for the MoCo / AugMix views
     node.SHIFT_PER_TOKEN = False  # P6: a distinct shift for each context token
     node.TEXT_PROJ = False        # P1: a learnable text projector P_t as well
@@ -76,7 +75,7 @@ def _gopro_node(node):
 # building blocks
 # ----------------------------------------------------------------------------
 def layer_statistics(block_tokens: torch.Tensor):
-    """Per-block token statistics in fp32 (notes §1.2, parity README §8 step 2).
+    """Per-block token statistics in fp32 (as the official code).
 
     ``block_tokens`` [L, B, T, W] -> ``(mu, sigma)``, each [L, B, W], with
     sigma = sqrt((sum_t (x_t - mu)^2 + 2.3e-8) / T): the population std, the
@@ -117,7 +116,7 @@ class Projector(nn.Module):
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    """SimCLR NT-Xent between paired rows of ``a`` and ``b`` (notes §1.10, the official form).
+    """SimCLR NT-Xent between paired rows of ``a`` and ``b`` (the official form).
 
     Both sides are L2-normalised; row i of each side is classified among the
     other side's rows (target i) and its own side's rows with itself masked by
@@ -138,7 +137,7 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tenso
 
 
 def _fp32_region(device: torch.device):
-    """Autocast off: statistics, projectors and losses run in fp32 (notes §1.13)."""
+    """Autocast off: statistics, projectors and losses run in fp32 (whatever PREC says)."""
     return torch.autocast(device_type=device.type, enabled=False)
 
 

@@ -1,6 +1,6 @@
 """GOPro's three training views, made in the data pipeline.
 
-GOPro trains on three views of every image (gopro-and-baselines.md §1.9):
+GOPro trains on three views of every image (as the official GOPro code):
 
 * ``img``  -- the configured Dassl train transform (the *original* view);
 * ``img2`` -- a MoCo v3 view: RandomResizedCrop(R, scale 0.08-1), ColorJitter
@@ -11,7 +11,7 @@ GOPro trains on three views of every image (gopro-and-baselines.md §1.9):
   translate x/y) at severity 1, mixed with Dirichlet(1, 1, 1) chain weights and
   a Beta(1, 1) weight for the plain image.
 
-Deliberate fixes of the official code (defects D1, D2 of the notes): the extra
+Deliberate fixes of the official code (README.md "Fixes of the official code's defects"): the extra
 views are built here, per image, from the original view's **un-normalised**
 image (after the configured crop and flip), at the model's input size R, and
 end with the same normalisation as the original view (CLIP's mean / std in
@@ -89,7 +89,7 @@ class GaussianBlurPIL:
 
 
 def build_moco_view(size, normalize: Callable, interpolation=T.InterpolationMode.BICUBIC) -> T.Compose:
-    """The MoCo v3 view (gopro-and-baselines.md §1.9) at ``size``, ending with ``normalize``."""
+    """The MoCo v3 view (official GOPro parameters) at ``size``, ending with ``normalize``."""
     return T.Compose([
         T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=interpolation),
         T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),

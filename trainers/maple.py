@@ -1,7 +1,7 @@
 """MaPLe: multi-modal prompt learning (Khattak et al., CVPR 2023).
 
-Deep prompts in both CLIP branches, coupled text -> vision
-(shared/parity/README.md §7):
+Deep prompts in both CLIP branches, coupled text -> vision (as MaPLe's
+``trainers/maple.py`` ``MultiModalPromptLearner``):
 
 * layer 0: the text context ``ctx`` [n, D] sits in the prompt right after SOS;
   ``ctx_to_vision_proj(ctx)`` [n, W] is appended to the image tokens (after the
@@ -11,13 +11,13 @@ Deep prompts in both CLIP branches, coupled text -> vision
   ``visual_prompt_proj[i-1](compound_prompts_text[i-1])``; blocks >= J carry
   the tokens forward.  J = 1 is shallow prompting only.
 
-The prompt text follows MaPLe's init rule (prompt-construction.md: CTX_INIT is
+The prompt text follows MaPLe's init rule (``MultiModalPromptLearner.__init__``: CTX_INIT is
 used only when N_CTX <= 4, and then the whole phrase stays in the prompt).
 Only the prompt learner is optimised and checkpointed, under the official
 folder name ``MultiModalPromptLearner``; whole-model checkpoints written by the
 official code load too (their prompt-learner part is taken).
 
-Deliberate fixes of the official code (README §10): every PREC runs (the
+Deliberate fixes of the official code: every PREC runs (the
 official ctx->vision projection is always fp16 and crashes in fp32), widths
 come from the loaded CLIP (not 512/768), and the inserted prompts are cast to
 the running dtype instead of always to fp16.  ``MaPLeModel.fp16_prompt_cast``
@@ -40,7 +40,7 @@ from gopro_prompts.user_errors import UserError
 
 
 @register_trainer_config("MAPLE")
-def _maple_node(node):  # dassl-behaviour.md §a.4, official names and defaults
+def _maple_node(node):  # as MaPLe's train.py extend_cfg: official names and defaults
     node.N_CTX = 2
     node.CTX_INIT = "a photo of a"
     node.PREC = "fp16"
@@ -109,7 +109,7 @@ def _fp16_round(x):
 class MaPLeModel(nn.Module):
     """Frozen CLIP + MaPLe prompt learner."""
 
-    #: reproduce the official fp16 casts of the inserted prompts (README §7 variant)
+    #: reproduce the official fp16 casts of the inserted prompts (the fixture's ``variant_*`` keys)
     fp16_prompt_cast = False
 
     def __init__(self, cfg, classnames, clip_model):
@@ -183,7 +183,7 @@ class MaPLeModel(nn.Module):
         return out
 
 
-#: official prompt-learner names -> ours (README §7 table)
+#: official prompt-learner names (MaPLe's ``MultiModalPromptLearner``) -> ours
 _OFFICIAL_NAMES = (("proj.", "ctx_to_vision_proj."), ("compound_prompt_projections.", "visual_prompt_proj."))
 
 

@@ -1,7 +1,8 @@
 """Turning class names and CTX_INIT into learnable text prompts.
 
 Implements the official prompt construction of CoOp, CoCoOp, MaPLe and GOPro
-(``shared/notes/prompt-construction.md``): the context initialisation rules,
+(``PromptLearner.__init__`` in CoOp's ``trainers/coop.py`` / ``cocoop.py``, MaPLe's
+``MultiModalPromptLearner.__init__``): the context initialisation rules,
 the prompt text, its tokenization, and the fixed prefix (SOS) / suffix (class
 tokens, ".", EOS) embeddings that are rebuilt from the class names.
 """
@@ -33,7 +34,7 @@ def build_prompt_parts(classnames, clip_model, n_ctx: int, ctx_init: str, style:
                        truncate: bool = True) -> PromptParts:
     """Prompt pieces for ``classnames``.
 
-    ``style`` selects the init rule of prompt-construction.md:
+    ``style`` selects the official init rule:
 
     * ``"coop"`` (CoOp, CoCoOp, GOPro): a given ``ctx_init`` of k words sets
       n_ctx = k, the context is its token embeddings at positions 1..k;

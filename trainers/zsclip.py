@@ -1,6 +1,6 @@
 """Zero-shot CLIP: hand-crafted prompts, nothing to train.
 
-``ZeroshotCLIP`` uses the dataset's template (dassl-behaviour.md §h.8);
+``ZeroshotCLIP`` uses the dataset's template (CoOp's ``trainers/zsclip.py`` ``CUSTOM_TEMPLATES``);
 ``ZeroshotCLIP2`` averages the normalised features of CLIP's ImageNet template
 ensemble (plus the dataset template, except on ImageNet).  Text features are
 computed once at build time.  ``train()`` just evaluates (there is nothing to

@@ -1,8 +1,8 @@
 """Data pipeline of the bundled engine: ``DataManager``, ``DatasetWrapper``, ``build_data_loader``.
 
-Reproduces Dassl 0.6.3's ``dassl.data`` (``shared/notes/dassl-behaviour.md``
-§c.4 and §c.6): the same loaders and loader arguments, the same batch dicts and
-the same printed lines and dataset summary table.
+Reproduces Dassl 0.6.3's ``dassl.data`` (``dassl/data/data_manager.py``): the
+same loaders and loader arguments, the same batch dicts and the same printed
+lines and dataset summary table.
 """
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ def build_data_loader(
     is_train=True,
     dataset_wrapper=None,
 ):
-    """A plain ``DataLoader`` over ``dataset_wrapper(cfg, data_source, tfm, is_train)`` (§c.4).
+    """A plain ``DataLoader`` over ``dataset_wrapper(cfg, data_source, tfm, is_train)``.
+
+    As Dassl's ``build_data_loader``.
 
     Train loaders drop the last partial batch unless the whole set is smaller
     than one batch; ``pin_memory`` is on when CUDA is available and ``USE_CUDA``.
@@ -74,7 +76,7 @@ def build_data_loader(
 
 
 class DataManager:
-    """Build the dataset, its transforms and its loaders from ``cfg`` (§c.4).
+    """Build the dataset, its transforms and its loaders from ``cfg`` (as Dassl's ``DataManager``).
 
     Attributes: ``dataset``, ``train_loader_x``, ``train_loader_u`` (None unless
     ``dataset.train_u`` is non-empty), ``val_loader`` (None unless ``dataset.val``
@@ -177,7 +179,7 @@ class DataManager:
         return self._lab2cname
 
     def show_dataset_summary(self, cfg):
-        """Print the dataset summary table (tabulate "simple" format, no header; §c.4)."""
+        """Print the dataset summary table (tabulate "simple" format, no header)."""
         source_domains = cfg.DATASET.SOURCE_DOMAINS
         target_domains = cfg.DATASET.TARGET_DOMAINS
 
@@ -198,7 +200,7 @@ class DataManager:
 
 
 class DatasetWrapper(TorchDataset):
-    """Turn a list of :class:`Datum` into a torch dataset of dicts (§c.6).
+    """Turn a list of :class:`Datum` into a torch dataset of dicts (as Dassl's ``DatasetWrapper``).
 
     Item ``idx`` holds ``label``, ``domain``, ``impath``, ``index`` and ``img``
     (``img2``, ``img3``, ... for a list of transforms); each image value is a

@@ -1,7 +1,7 @@
 """Dataset containers, few-shot sampling and the dataset registry.
 
 Reproduces Dassl 0.6.3's ``dassl.data.datasets`` surface
-(``shared/notes/dassl-behaviour.md`` §c.1-§c.3, §c.4 step 1, §f.7):
+(``dassl/data/datasets/base_dataset.py`` and ``build.py``):
 ``Datum``, ``DatasetBase``, ``DATASET_REGISTRY`` and ``build_dataset``.
 
 Dataset *classes* (OxfordPets, ImageNet, ...) are not defined here: the
@@ -28,7 +28,7 @@ DATASET_REGISTRY = Registry("DATASET")
 
 
 def build_dataset(cfg):
-    """Instantiate the dataset class registered under ``cfg.DATASET.NAME`` (§c.4 step 1)."""
+    """Instantiate the dataset class registered under ``cfg.DATASET.NAME`` (printed with VERBOSE)."""
     avai_datasets = DATASET_REGISTRY.registered_names()
     check_availability(cfg.DATASET.NAME, avai_datasets)
     if cfg.VERBOSE:
@@ -37,11 +37,11 @@ def build_dataset(cfg):
 
 
 class Datum:
-    """One data instance: image path, label, domain and class name (§c.1).
+    """One data instance: image path, label, domain and class name (as Dassl's ``Datum``).
 
     The values live in the instance attributes ``_impath``, ``_label``,
     ``_domain`` and ``_classname`` and are exposed as read-only properties;
-    pickled few-shot caches (§h.4) depend on exactly these attribute names.
+    pickled few-shot caches (which restore the instance dict) depend on exactly these attribute names.
     """
 
     def __init__(self, impath="", label=0, domain=0, classname=""):
@@ -85,7 +85,7 @@ class Datum:
 
 
 class DatasetBase:
-    """A dataset: lists of :class:`Datum` for ``train_x``, ``train_u``, ``val``, ``test`` (§c.2)."""
+    """A dataset: lists of :class:`Datum` for ``train_x``, ``train_u``, ``val``, ``test``."""
 
     dataset_dir = ""  # the directory where the dataset is stored
     domains = []  # string names of all domains
@@ -128,7 +128,7 @@ class DatasetBase:
 
     @staticmethod
     def get_num_classes(data_source):
-        """Max label + 1 (§c.2: not the number of distinct labels).
+        """Max label + 1 (as Dassl: not the number of distinct labels).
 
         An empty or missing source gives 0 (Dassl crashes on it; the empty
         train loader is reported later by the DataManager with a clear error).
@@ -138,7 +138,7 @@ class DatasetBase:
 
     @staticmethod
     def get_lab2cname(data_source):
-        """Return ``(lab2cname, classnames)``; ``classnames`` is sorted by label (§c.2).
+        """Return ``(lab2cname, classnames)``; ``classnames`` is sorted by label.
 
         Deliberate improvement: Dassl builds the mapping from a set, so its key
         order (and the winner when one label carries two names) changes between
@@ -196,7 +196,7 @@ class DatasetBase:
         print(f"File extracted to {parent}")
 
     def generate_fewshot_dataset(self, *data_sources, num_shots=-1, repeat=False):
-        """Sample ``num_shots`` items per label from each source (§c.3, exactly).
+        """Sample ``num_shots`` items per label from each source (exactly as Dassl does).
 
         Labels are visited in order of first appearance; a label with at least K
         items gets ``random.sample(items, K)`` on Python's global ``random``; a
@@ -237,7 +237,7 @@ class DatasetBase:
 
     @staticmethod
     def split_dataset_by_label(data_source):
-        """Group items by label: insertion-ordered dict label -> list of items (§c.3)."""
+        """Group items by label: insertion-ordered dict label -> list of items (first-appearance order)."""
         output = defaultdict(list)
         for item in data_source:
             output[item.label].append(item)
@@ -245,7 +245,7 @@ class DatasetBase:
 
     @staticmethod
     def split_dataset_by_domain(data_source):
-        """Group items by domain: insertion-ordered dict domain -> list of items (§c.3)."""
+        """Group items by domain: insertion-ordered dict domain -> list of items (first-appearance order)."""
         output = defaultdict(list)
         for item in data_source:
             output[item.domain].append(item)

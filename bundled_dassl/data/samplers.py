@@ -1,4 +1,4 @@
-"""Samplers: ``build_sampler`` (``shared/notes/dassl-behaviour.md`` §c.5).
+"""Samplers: ``build_sampler`` (as Dassl's ``dassl/data/samplers.py``).
 
 Prompt learning only uses torch's ``RandomSampler`` (train) and
 ``SequentialSampler`` (val/test).  The three DA/DG batch composers are simple
@@ -168,7 +168,7 @@ def build_sampler(
     n_domain=0,
     n_ins=16,
 ):
-    """Build the sampler named ``sampler_type`` over ``data_source`` (§c.5)."""
+    """Build the sampler named ``sampler_type`` over ``data_source``; an unknown name is a ValueError."""
     if sampler_type == "RandomSampler":
         return RandomSampler(data_source)
     if sampler_type == "SequentialSampler":

@@ -1,8 +1,8 @@
 """Image transforms: ``build_transform`` and ``INTERPOLATION_MODES``.
 
-Reproduces Dassl 0.6.3's ``dassl.data.transforms`` (``shared/notes/dassl-behaviour.md``
-§c.7): the same op names, the same fixed op order whatever the order of
-``INPUT.TRANSFORMS``, the same printed lines and the same RNG sources (Python
+Reproduces Dassl 0.6.3's ``dassl.data.transforms``
+(``dassl/data/transforms/transforms.py``): the same op names, the same fixed op
+order whatever the order of ``INPUT.TRANSFORMS``, the same printed lines and the same RNG sources (Python
 ``random`` for translation and the noise coin, numpy for cutout, torch for the
 torchvision ops and the noise itself).
 """
@@ -88,7 +88,7 @@ class Random2DTranslation:
     """With probability ``p``: upscale by 1/8 and crop ``height x width`` at a random offset.
 
     Otherwise resize to ``height x width``.  Works on PIL images, always with
-    bilinear resampling, and draws from Python ``random`` (§c.7 step 2).
+    bilinear resampling, and draws from Python ``random`` (as Dassl's ``Random2DTranslation``).
     """
 
     def __init__(self, height, width, p=0.5, interpolation=Image.BILINEAR):
@@ -112,7 +112,7 @@ class Random2DTranslation:
 
 
 class Cutout:
-    """Zero ``n_holes`` squares of side ``length`` in a ``[C, H, W]`` tensor (§c.7 step 16).
+    """Zero ``n_holes`` squares of side ``length`` in a ``[C, H, W]`` tensor (as Dassl's ``Cutout``).
 
     Centres are uniform over the image (numpy RNG); squares are clipped at the borders.
     """
@@ -138,7 +138,7 @@ class Cutout:
 
 
 class GaussianNoise:
-    """With probability ``p`` (Python ``random``) add N(mean, std) noise (torch RNG) (§c.7 step 18)."""
+    """With probability ``p`` (Python ``random``) add N(mean, std) noise (torch RNG)."""
 
     def __init__(self, mean=0.0, std=0.15, p=0.5):
         self.mean = mean
@@ -190,7 +190,7 @@ def _as_size(size):
 
 
 def build_transform(cfg, is_train=True, choices=None):
-    """Build the train or test pipeline from ``cfg.INPUT`` (§c.7).
+    """Build the train or test pipeline from ``cfg.INPUT`` (as Dassl's ``build_transform``).
 
     Returns None (after printing ``Note: no transform is applied!``) when
     ``INPUT.NO_TRANSFORM`` is set.  ``choices`` defaults to ``INPUT.TRANSFORMS``.
@@ -221,7 +221,7 @@ def build_transform(cfg, is_train=True, choices=None):
 
 
 def _build_transform_train(cfg, choices, size, interp_mode, normalize):
-    """Train ops in Dassl's fixed order (§c.7 steps 1-19), one printed line each."""
+    """Train ops in Dassl's fixed order (its ``_build_transform_train``), one printed line each."""
     print("Building transform_train")
     tfm_train = []
     h, w = size
@@ -329,7 +329,7 @@ def _build_transform_train(cfg, choices, size, interp_mode, normalize):
 
 
 def _build_transform_test(cfg, choices, size, interp_mode, normalize):
-    """Resize the shorter side to max(SIZE), centre-crop SIZE, to tensor, [normalize] (§c.7)."""
+    """Resize the shorter side to max(SIZE), centre-crop SIZE, to tensor, [normalize], [instance norm]."""
     print("Building transform_test")
     tfm_test = []
     h, w = size

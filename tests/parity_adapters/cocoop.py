@@ -1,4 +1,4 @@
-"""Parity adapter for CoCoOp (shared/parity/README.md §6)."""
+"""Parity adapter for CoCoOp (the ``cocoop.pt`` fixture)."""
 from __future__ import annotations
 
 from parity_adapters.common import ce_train_step, eval_keys, eval_outputs, load_learnables

@@ -9,7 +9,7 @@ def load_learnables(fixture, module, aliases=None, skip=()):
 
     ``aliases`` maps a fixture role to our state-dict name when they differ;
     roles starting with a ``skip`` prefix belong to modules we do not build
-    (prompt-construction.md, "keys an implementation may not have").  Every
+    (e.g. GOPro's unused meta-net).  Every
     other role must exist in ``module``.
     """
     aliases = aliases or {}
@@ -52,7 +52,7 @@ def text_token_keys(model_tokenized):
 
 
 def head(prompt_embeddings, fixture):
-    """First K positions of the text-encoder input (README §2, ``prompt_embeddings_head``)."""
+    """First K positions of the text-encoder input (``prompt_embeddings_head``)."""
     k = fixture["meta"]["prompt_embeddings_head_len"]
     return prompt_embeddings[..., :k, :]
 
@@ -64,7 +64,7 @@ def eval_outputs(model, images):
 
 
 def eval_keys(fixture, learner, parts):
-    """The evaluation keys every CLIP prompt learner's fixture holds (README §2)."""
+    """The evaluation keys every CLIP prompt learner's fixture holds."""
     return {
         "out.prompt_embeddings_head": head(parts["prompt_embeddings"], fixture),
         "out.image_features_raw": parts["image_features_raw"],

@@ -1,4 +1,4 @@
-"""Parity adapter for CoOp (shared/parity/README.md §5)."""
+"""Parity adapter for CoOp (the ``coop.pt`` fixture)."""
 from __future__ import annotations
 
 from parity_adapters.common import ce_train_step, eval_keys, eval_outputs, load_learnables

@@ -1,4 +1,4 @@
-"""Parity adapter for GOPro (shared/parity/README.md §8).
+"""Parity adapter for GOPro (the ``gopro.pt`` fixture).
 
 Eval-mode outputs per view, every loss term in eval and train mode, the
 BatchNorm buffers after one train-mode forward, the CE-only gradients and the
@@ -14,7 +14,7 @@ from parity_adapters.common import (
     collect_grads, eval_outputs, head, load_learnables, text_token_keys, zero_grads,
 )
 
-#: the official, never-used meta-net (prompt-construction.md: keys an implementation may not have)
+#: the official, never-used CoCoOp meta-net: we do not build it, so its fixture keys are skipped
 SKIP = ("meta_net_unused",)
 
 

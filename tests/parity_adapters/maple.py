@@ -1,4 +1,4 @@
-"""Parity adapter for MaPLe (shared/parity/README.md §7).
+"""Parity adapter for MaPLe (the ``maple.pt`` fixture).
 
 Primary keys: pure fp32.  With ``variants``, the ``variant_fp16_prompt_cast.*``
 keys are computed with ``MaPLeModel.fp16_prompt_cast`` on (the official fp16
