@@ -46,7 +46,7 @@ from gopro_prompts.run_lock import RunLock
 
 from gopro_prompts.trainers import distributed, preemption
 from gopro_prompts.trainers.base import ClipTrainer
-from gopro_prompts.trainers.config import default_cfg
+from gopro_prompts.trainers.config import default_cfg, offline_config_file
 
 logger = get_logger("train")
 
@@ -260,8 +260,9 @@ def _build_cfg(args, offline, plugins=()):
         cfg.DATASET.ROOT = _offline_root()
         _merge_opts(cfg, list(OFFLINE_OPTS), "offline defaults")
         trainer_cls = _trainer_class(args.trainer or cfg.TRAINER.NAME)
-        offline_defaults = list(getattr(trainer_cls, "OFFLINE_DEFAULTS", ()))  # a --plugin's trainer may have none
-        _merge_opts(cfg, offline_defaults, f"{trainer_cls.__name__} offline defaults")
+        schedule = offline_config_file(trainer_cls.__name__)
+        if osp.isfile(schedule):  # a --plugin's trainer may have none
+            _merge_file(cfg, schedule, "offline schedule")
     if args.dataset_config_file:
         _merge_file(cfg, args.dataset_config_file, "dataset config file")
     if args.config_file:

@@ -62,7 +62,8 @@ def test_wheel_installs_one_package_and_its_data(wheel):
         assert generic not in top  # e.g. Hugging Face's `datasets` keeps its name
     for data in ("gopro_prompts/configs/trainers/GOPro/vit_b16.yaml", "gopro_prompts/configs/datasets/imagenet.yaml",
                  "gopro_prompts/assets/tiny_clip_synthetic.pt", "gopro_prompts/trainers/gopro.py",
-                 "gopro_prompts/bundled_dassl/data/samplers.py", "gopro_prompts/datasets/oxford_pets.py"):
+                 "gopro_prompts/bundled_dassl/data/samplers.py", "gopro_prompts/datasets/oxford_pets.py",
+                 "gopro_prompts/configs/offline/CoOp.yaml"):
         assert data in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "gopro-train = gopro_prompts.train:cli" in entry_points

@@ -83,12 +83,12 @@ def test_checkpoint_is_plain_data_with_learnables_rng_config_and_origin(referenc
 
 @pytest.mark.parametrize("trainer", ["CoOp", "CoCoOp", "MaPLe", "GOPro"])
 def test_learnable_state_never_holds_class_dependent_buffers(trainer, tiny_clip):
-    from gopro_prompts.trainers.config import default_cfg
+    from gopro_prompts.trainers.config import default_cfg, offline_config_file
     cfg = default_cfg()  # also registers our trainers
     from gopro_prompts.dassl_compat import TRAINER_REGISTRY
 
     cls = TRAINER_REGISTRY.get(trainer)
-    cfg.merge_from_list(list(cls.OFFLINE_DEFAULTS))
+    cfg.merge_from_file(offline_config_file(trainer))
     if trainer == "MaPLe":
         cfg.merge_from_list(["TRAINER.MAPLE.PROMPT_DEPTH", 2])
     model = cls.build_clip_model(cfg, ["red circle", "blue square", "a very long class name"], tiny_clip)

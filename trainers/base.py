@@ -55,8 +55,6 @@ class ClipTrainer(PreemptionMixin, CheckpointMixin, TrainerX):
     CFG_NODE = ""
     #: name the learnable module is registered under (checkpoint sub-folder)
     MODEL_NAME = "prompt_learner"
-    #: opts applied by train.py's embedded offline default (a small schedule)
-    OFFLINE_DEFAULTS = ()
     #: dataset wrapper given to Dassl's DataManager (ours names an unreadable image file)
     DATASET_WRAPPER = DatasetWrapper
 

@@ -166,13 +166,6 @@ class CoCoOp(ClipTrainer):
 
     CFG_NODE = "COCOOP"
     MODEL_NAME = "prompt_learner"
-    OFFLINE_DEFAULTS = (
-        "TRAINER.COCOOP.N_CTX", 4, "TRAINER.COCOOP.CTX_INIT", "a photo of a", "TRAINER.COCOOP.PREC", "fp32",
-        "OPTIM.NAME", "sgd", "OPTIM.LR", 0.002, "OPTIM.MAX_EPOCH", 3, "OPTIM.LR_SCHEDULER", "cosine",
-        "OPTIM.WARMUP_EPOCH", 1, "OPTIM.WARMUP_TYPE", "constant", "OPTIM.WARMUP_CONS_LR", 1e-5,
-        "DATALOADER.TRAIN_X.BATCH_SIZE", 4,
-    )
-
     @classmethod
     def build_clip_model(cls, cfg, classnames, clip_model):
         return CoCoOpModel(cfg, classnames, clip_model)

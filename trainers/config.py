@@ -103,3 +103,13 @@ def default_cfg() -> CN:
 
     register_all()
     return extend_cfg(get_cfg_default())
+
+
+def offline_config_file(trainer_name: str) -> str:
+    """``configs/offline/<trainer>.yaml``: the embedded offline default's schedule for a trainer.
+
+    The path is returned even when the file does not exist (a ``--plugin``'s trainer has none).
+    """
+    from gopro_prompts import resource_path
+
+    return resource_path("configs", "offline", f"{trainer_name}.yaml")

@@ -129,13 +129,6 @@ class CoOp(ClipTrainer):
 
     CFG_NODE = "COOP"
     MODEL_NAME = "prompt_learner"
-    OFFLINE_DEFAULTS = (
-        "TRAINER.COOP.N_CTX", 4, "TRAINER.COOP.CTX_INIT", "a photo of a", "TRAINER.COOP.PREC", "fp32",
-        "OPTIM.NAME", "sgd", "OPTIM.LR", 0.002, "OPTIM.MAX_EPOCH", 3, "OPTIM.LR_SCHEDULER", "cosine",
-        "OPTIM.WARMUP_EPOCH", 1, "OPTIM.WARMUP_TYPE", "constant", "OPTIM.WARMUP_CONS_LR", 1e-5,
-        "DATALOADER.TRAIN_X.BATCH_SIZE", 8,
-    )
-
     @classmethod
     def build_clip_model(cls, cfg, classnames, clip_model):
         return CoOpModel(cfg, classnames, clip_model)

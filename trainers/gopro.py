@@ -409,13 +409,6 @@ class GOPro(ClipTrainer):
     CFG_NODE = "GOPRO"
     MODEL_NAME = "gopro"
     DATASET_WRAPPER = GOProDatasetWrapper
-    OFFLINE_DEFAULTS = (
-        "TRAINER.GOPRO.N_CTX", 4, "TRAINER.GOPRO.CTX_INIT", "a photo of a", "TRAINER.GOPRO.PREC", "fp32",
-        "OPTIM.NAME", "sgd", "OPTIM.LR", 0.002, "OPTIM.MAX_EPOCH", 3, "OPTIM.LR_SCHEDULER", "cosine",
-        "OPTIM.WARMUP_EPOCH", 1, "OPTIM.WARMUP_TYPE", "constant", "OPTIM.WARMUP_CONS_LR", 1e-5,
-        "DATALOADER.TRAIN_X.BATCH_SIZE", 8,
-    )
-
     @classmethod
     def build_clip_model(cls, cfg, classnames, clip_model):
         return GOProModel(cfg, classnames, clip_model)

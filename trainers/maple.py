@@ -193,14 +193,6 @@ class MaPLe(ClipTrainer):
 
     CFG_NODE = "MAPLE"
     MODEL_NAME = "MultiModalPromptLearner"
-    OFFLINE_DEFAULTS = (
-        "TRAINER.MAPLE.N_CTX", 2, "TRAINER.MAPLE.CTX_INIT", "a photo of a", "TRAINER.MAPLE.PREC", "fp32",
-        "TRAINER.MAPLE.PROMPT_DEPTH", 3,
-        "OPTIM.NAME", "sgd", "OPTIM.LR", 0.0035, "OPTIM.MAX_EPOCH", 3, "OPTIM.LR_SCHEDULER", "cosine",
-        "OPTIM.WARMUP_EPOCH", 1, "OPTIM.WARMUP_TYPE", "constant", "OPTIM.WARMUP_CONS_LR", 1e-5,
-        "DATALOADER.TRAIN_X.BATCH_SIZE", 4,
-    )
-
     @classmethod
     def build_clip_model(cls, cfg, classnames, clip_model):
         return MaPLeModel(cfg, classnames, clip_model)
