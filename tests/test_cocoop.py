@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from gopro_prompts.dassl_compat import load_checkpoint
 from gopro_prompts.trainers.clip_helpers import PRECISIONS
 from gopro_prompts.trainers.cocoop import CoCoOp, CoCoOpModel
-from conftest import (
+from helpers import (
     assert_reload_reproduces_logits, assert_step_changed_only_the_prompt_learner, method_cfg, offline_trainer,
     one_step_run, perturb, random_images,
 )

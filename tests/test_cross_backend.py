@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, last_accuracy
+from helpers import REPO, last_accuracy
 
 pytestmark = pytest.mark.real_dassl_only(
     reason="needs both backends importable (real Dassl on PYTHONPATH); the real-Dassl leg runs it")

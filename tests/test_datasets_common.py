@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import touch_jpeg
+from helpers import touch_jpeg
 from gopro_prompts.registry import register_all
 from gopro_prompts.dassl_compat import DATASET_REGISTRY, Datum, get_cfg_default
 from gopro_prompts.datasets import coop_common

@@ -9,7 +9,7 @@ from gopro_prompts.registry import register_all
 from gopro_prompts.dassl_compat import DATASET_REGISTRY, Datum, get_cfg_default
 from gopro_prompts.datasets.coop_common import DatasetNotFoundError, ImageNotFoundError
 from gopro_prompts.datasets.datum_pickle import load_datum_pickle
-from conftest import touch_jpeg
+from helpers import touch_jpeg
 
 register_all()  # our datasets and trainers in the backend's registries
 

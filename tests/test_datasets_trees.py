@@ -16,7 +16,7 @@ from scipy.io import savemat
 from gopro_prompts.registry import register_all
 from gopro_prompts.dassl_compat import DATASET_REGISTRY, get_cfg_default
 from gopro_prompts.datasets.coop_common import DatasetNotFoundError, ImageNotFoundError
-from conftest import touch_jpeg
+from helpers import touch_jpeg
 
 register_all()  # our datasets and trainers in the backend's registries
 

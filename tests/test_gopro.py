@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import parity
 from gopro_prompts import train
-from conftest import last_accuracy
+from helpers import last_accuracy
 from gopro_prompts.trainers.config import default_cfg
 from gopro_prompts.trainers.gopro import GOProModel, layer_statistics, nt_xent
 from gopro_prompts.user_errors import UserError

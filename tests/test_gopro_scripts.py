@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import last_accuracy
+from helpers import last_accuracy
 from gopro_prompts import dassl_compat
 
 REPO = Path(__file__).resolve().parents[1]

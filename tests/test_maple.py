@@ -6,7 +6,7 @@ import torch
 
 from gopro_prompts.dassl_compat import load_checkpoint
 from gopro_prompts.trainers.clip_helpers import PRECISIONS
-from conftest import (
+from helpers import (
     assert_reload_reproduces_logits, assert_step_changed_only_the_prompt_learner, method_cfg, offline_trainer,
     one_step_run, perturb, random_images,
 )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import last_accuracy
+from helpers import last_accuracy
 from gopro_prompts import cli_plugins, dassl_compat, train
 
 REPO = Path(__file__).resolve().parents[1]

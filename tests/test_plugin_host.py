@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SHARED, last_accuracy
+from helpers import REPO, SHARED, last_accuracy
 
 COOP_VENDOR = SHARED / "vendor" / "CoOp"
 

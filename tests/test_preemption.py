@@ -289,7 +289,7 @@ def test_data_loader_workers_ignore_the_signals(tmp_path, synthetic_root):
     main process); a spawned one (macOS, Windows, Python >= 3.14's forkserver) inherits nothing,
     so only the worker_init_fn protects it: checked here with a spawned worker.
     """
-    from conftest import offline_trainer
+    from helpers import offline_trainer
 
     trainer = offline_trainer("CoOp", synthetic_root, tmp_path, "DATALOADER.NUM_WORKERS", "1")
     for loader in (trainer.train_loader_x, trainer.test_loader):
@@ -301,7 +301,7 @@ def test_data_loader_workers_ignore_the_signals(tmp_path, synthetic_root):
 
 def test_method_state_travels_in_the_preemption_checkpoint(tmp_path, synthetic_root):
     """A method's own training state (e.g. a running prompt average) is saved and given back on resume."""
-    from conftest import offline_trainer
+    from helpers import offline_trainer
 
     trainer = offline_trainer("CoOp", synthetic_root, tmp_path / "a")
     trainer.method_state = lambda: {"average": torch.arange(3.0), "count": 7}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gopro_prompts import dassl_compat, train
-from conftest import last_accuracy
+from helpers import last_accuracy
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "2"]
