@@ -32,6 +32,7 @@ from .utils import (
     check_availability,
     load_checkpoint,
     mkdir_if_missing,
+    model_checkpoint_state,
     resume_from_checkpoint,
     save_checkpoint,
     tolist_if_not,
@@ -117,15 +118,8 @@ class TrainerBase:
         ``Checkpoint saved to ...`` and updates the ``checkpoint`` pointer).
         """
         for name in self.get_model_names():
-            optim = self._optims[name]
-            sched = self._scheds[name]
-            state = {
-                "state_dict": self._models[name].state_dict(),
-                "epoch": epoch + 1,
-                "optimizer": optim.state_dict() if optim is not None else None,
-                "scheduler": sched.state_dict() if sched is not None else None,
-                "val_result": val_result,
-            }
+            state = model_checkpoint_state(self._models[name], self._optims[name], self._scheds[name],
+                                           epoch + 1, val_result)
             save_checkpoint(state, osp.join(directory, name), is_best=is_best, model_name=model_name)
 
     def resume_model_if_exist(self, directory):

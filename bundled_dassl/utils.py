@@ -266,6 +266,20 @@ class WriteError(UserError, OSError):
         return self.strerror or super().__str__()
 
 
+def model_checkpoint_state(model: nn.Module, optimizer, scheduler, epoch: int, val_result=None) -> dict:
+    """What Dassl's ``SimpleTrainer.save_model`` stores for one registered model.
+
+    ``epoch`` is the number of completed epochs; optimizer and scheduler may be None.
+    """
+    return {
+        "state_dict": model.state_dict(),
+        "epoch": epoch,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "val_result": val_result,
+    }
+
+
 def save_checkpoint(
     state: dict,
     save_dir: str,

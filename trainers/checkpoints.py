@@ -18,7 +18,7 @@ import os.path as osp
 import re
 
 from gopro_prompts.bundled_dassl.safe_pickle import UnsafeCheckpointError
-from gopro_prompts.bundled_dassl.utils import read_checkpoint_pointer
+from gopro_prompts.bundled_dassl.utils import model_checkpoint_state, read_checkpoint_pointer
 from gopro_prompts.dassl_compat import get_logger, load_checkpoint, save_checkpoint
 from gopro_prompts.run_folder import changed_config_error, config_changes
 from gopro_prompts.run_lock import pid_exists
@@ -56,16 +56,9 @@ class CheckpointMixin:
             "config": self.cfg.dump(),
         }
         for name in self.get_model_names():
-            optim, sched = self._optims[name], self._scheds[name]
-            state = {
-                "state_dict": self._models[name].state_dict(),
-                "epoch": epoch + 1,
-                "optimizer": optim.state_dict() if optim is not None else None,
-                "scheduler": sched.state_dict() if sched is not None else None,
-                "val_result": val_result,
-                **extra,
-            }
-            save_checkpoint(state, osp.join(directory, name), is_best=is_best, model_name=model_name)
+            state = model_checkpoint_state(self._models[name], self._optims[name], self._scheds[name],
+                                           epoch + 1, val_result)
+            save_checkpoint({**state, **extra}, osp.join(directory, name), is_best=is_best, model_name=model_name)
 
     def resume_model_if_exist(self, directory):
         """Resume from the last complete checkpoint in ``directory``; returns the start epoch.
