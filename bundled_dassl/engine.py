@@ -38,11 +38,27 @@ from .utils import (
     tolist_if_not,
 )
 
-__all__ = ["TRAINER_REGISTRY", "build_trainer", "TrainerBase", "SimpleTrainer", "TrainerX"]
+__all__ = ["TRAINER_REGISTRY", "build_trainer", "expose_data_manager", "TrainerBase", "SimpleTrainer", "TrainerX"]
 
 TRAINER_REGISTRY = Registry("TRAINER")
 
 _BEST_FILE = "model-best.pth.tar"
+
+
+def expose_data_manager(trainer, dm) -> None:
+    """Set the attributes Dassl's ``SimpleTrainer.build_data_loader`` sets from a ``DataManager``.
+
+    Any trainer on either backend may call it (e.g. one that builds its DataManager with
+    another dataset wrapper): the names are Dassl's.
+    """
+    trainer.train_loader_x = dm.train_loader_x
+    trainer.train_loader_u = dm.train_loader_u
+    trainer.val_loader = dm.val_loader
+    trainer.test_loader = dm.test_loader
+    trainer.num_classes = dm.num_classes
+    trainer.num_source_domains = dm.num_source_domains
+    trainer.lab2cname = dm.lab2cname
+    trainer.dm = dm
 
 
 def build_trainer(cfg):
@@ -292,15 +308,7 @@ class SimpleTrainer(TrainerBase):
 
     def build_data_loader(self):
         """Build the DataManager and expose its loaders and dataset facts."""
-        dm = DataManager(self.cfg)
-        self.train_loader_x = dm.train_loader_x
-        self.train_loader_u = dm.train_loader_u
-        self.val_loader = dm.val_loader
-        self.test_loader = dm.test_loader
-        self.num_classes = dm.num_classes
-        self.num_source_domains = dm.num_source_domains
-        self.lab2cname = dm.lab2cname
-        self.dm = dm
+        expose_data_manager(self, DataManager(self.cfg))
 
     def build_model(self):
         """Not available in the bundled engine (it has no SimpleNet)."""

@@ -425,8 +425,17 @@ def resume_with_loader(fdir, model, optimizer, scheduler, loader: Callable) -> i
         )
     fpath = osp.join(fdir, fname)
     print(f'Loading checkpoint from "{fpath}"')
-    checkpoint = loader(fpath)
-    model.load_state_dict(checkpoint["state_dict"])
+    return restore_from_checkpoint(loader(fpath), model, optimizer, scheduler)
+
+
+def restore_from_checkpoint(checkpoint: dict, model: nn.Module, optimizer=None, scheduler=None,
+                            state_dict: Optional[dict] = None) -> int:
+    """Load a read checkpoint into ``model`` (and optimizer / scheduler), printing Dassl's lines.
+
+    ``state_dict`` replaces ``checkpoint["state_dict"]`` (e.g. after checks that drop keys).
+    Returns the stored ``epoch``, as Dassl's ``resume_from_checkpoint``.
+    """
+    model.load_state_dict(checkpoint["state_dict"] if state_dict is None else state_dict)
     print("Loaded model weights")
     if optimizer is not None and checkpoint.get("optimizer") is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])

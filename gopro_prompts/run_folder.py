@@ -52,11 +52,12 @@ _FLAG_KEYS = (("backbone", "MODEL.BACKBONE.NAME"), ("head", "MODEL.HEAD.NAME"),
 
 
 # ---------------------------------------------------------------------------- config comparison
-def _flatten(node, prefix=""):
+def flatten_cfg(node, prefix=""):
+    """``{"OPTIM.LR": 0.002, ...}``: every leaf of a (nested) config under its dotted key."""
     out = {}
     for key, value in node.items():
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten_cfg(value, f"{prefix}{key}."))
         else:
             out[prefix + key] = value
     return out
@@ -83,7 +84,7 @@ def config_changes(stored_dump, cfg, ignore=IGNORED_KEYS):
         return []
     if not isinstance(stored, dict):
         return []
-    old, new = _flatten(stored), _flatten(cfg)
+    old, new = flatten_cfg(stored), flatten_cfg(cfg)
     first = {key: rank for rank, key in enumerate(_FIRST_KEYS)}
     keys = sorted(set(old) & set(new), key=lambda key: (first.get(key, len(first)), key))
     return [f"{key}: {_plain(old[key])!r} -> {_plain(new[key])!r}" for key in keys
@@ -154,7 +155,7 @@ _RESULT_FIELDS = (("trainer", "TRAINER.NAME"), ("dataset", "DATASET.NAME"),
 
 
 def _results_changes(record, cfg):
-    flat = _flatten(cfg)
+    flat = flatten_cfg(cfg)
     changes = [f"{key}: {record[field]!r} -> {flat[key]!r}" for field, key in _RESULT_FIELDS
                if field in record and key in flat and record[field] != flat[key]]
     backbone = cfg.MODEL.BACKBONE.NAME or cfg.MODEL.BACKBONE.PATH
@@ -270,7 +271,7 @@ def command_line_overrides(args, cfg):
     Ignored keys (:data:`IGNORED_KEYS`), ``SEED`` and ``TRAINER.NAME`` (folder levels) are left out; ``--config-file F`` counts as
     ``config=<F's stem>``.
     """
-    flat = _flatten(cfg)
+    flat = flatten_cfg(cfg)
     keys = {key for key in list(args.opts or [])[::2] if key in flat}
     keys |= {key for flag, key in _FLAG_KEYS if getattr(args, flag, None)}
     return sorted((key, _value_text(flat[key])) for key in keys

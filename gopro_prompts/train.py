@@ -197,21 +197,11 @@ def _merge_opts(cfg, opts, source):
         raise UserError(f"{source}: {_type_message(exc)}") from None
 
 
-def _flat_keys(node, prefix=""):
-    keys = []
-    for key, value in node.items():
-        if isinstance(value, dict):
-            keys += _flat_keys(value, f"{prefix}{key}.")
-        else:
-            keys.append(prefix + key)
-    return keys
-
-
 def _unknown_key_message(source, exc, cfg):
     """``SOURCE: unknown config key K (did you mean ...?)`` from yacs' "Non-existent ... key: K"."""
     text = str(exc.args[0] if exc.args else exc)
     key = text.rsplit(":", 1)[-1].strip() if ":" in text else text
-    return (f"{source}: unknown config key {key}{did_you_mean(key, _flat_keys(cfg))}: check its spelling "
+    return (f"{source}: unknown config key {key}{did_you_mean(key, list(run_folder.flatten_cfg(cfg)))}: check its spelling "
             "against the defaults (python train.py --trainer X --no-train prints the config)")
 
 

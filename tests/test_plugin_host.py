@@ -596,14 +596,11 @@ def test_extend_cfg_adds_missing_keys_only_and_is_idempotent(host_registries):
     assert logging.root.manager.disable == disable and sys.stdout is stdout
 
 
-def _flat(node, prefix=""):
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = repr(value)
-    return out
+def _flat(node):
+    """Every leaf of a config under its dotted key, as its repr (so values of any type compare)."""
+    from gopro_prompts.run_folder import flatten_cfg
+
+    return {key: repr(value) for key, value in flatten_cfg(node).items()}
 
 
 def test_extend_cfg_refuses_a_taken_name_and_accepts_a_rename(host_registries):

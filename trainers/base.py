@@ -35,6 +35,7 @@ from gopro_prompts.dassl_compat import (
     load_pretrained_weights,
 )
 from gopro_prompts import results_capture
+from gopro_prompts.bundled_dassl.engine import expose_data_manager
 from gopro_prompts.trainers import distributed, preemption
 from gopro_prompts.trainers.checkpoints import CheckpointMixin
 from gopro_prompts.trainers.clip_helpers import PRECISIONS, Precision, load_clip
@@ -77,15 +78,7 @@ class ClipTrainer(PreemptionMixin, CheckpointMixin, TrainerX):
     # -------------------------------------------------------------------- data
     def build_data_loader(self):
         """Dassl's ``SimpleTrainer.build_data_loader`` with :attr:`DATASET_WRAPPER` (same attributes)."""
-        dm = DataManager(self.cfg, dataset_wrapper=self.DATASET_WRAPPER)
-        self.train_loader_x = dm.train_loader_x
-        self.train_loader_u = dm.train_loader_u
-        self.val_loader = dm.val_loader
-        self.test_loader = dm.test_loader
-        self.num_classes = dm.num_classes
-        self.num_source_domains = dm.num_source_domains
-        self.lab2cname = dm.lab2cname
-        self.dm = dm
+        expose_data_manager(self, DataManager(self.cfg, dataset_wrapper=self.DATASET_WRAPPER))
         for loader in (self.train_loader_x, self.train_loader_u, self.val_loader, self.test_loader):
             if loader is not None and loader.num_workers > 0:  # workers leave SIGTERM / SIGUSR1 to us
                 loader.worker_init_fn = preemption.chain_worker_init(loader.worker_init_fn)

@@ -18,7 +18,9 @@ import os.path as osp
 import re
 
 from gopro_prompts.bundled_dassl.safe_pickle import UnsafeCheckpointError
-from gopro_prompts.bundled_dassl.utils import model_checkpoint_state, read_checkpoint_pointer
+from gopro_prompts.bundled_dassl.utils import (
+    model_checkpoint_state, read_checkpoint_pointer, restore_from_checkpoint,
+)
 from gopro_prompts.dassl_compat import get_logger, load_checkpoint, save_checkpoint
 from gopro_prompts.run_folder import changed_config_error, config_changes
 from gopro_prompts.run_lock import pid_exists
@@ -89,17 +91,8 @@ class CheckpointMixin:
             path, checkpoint = found[name]
             print(f'Loading checkpoint from "{path}"')
             state_dict = self._checked_state_dict(name, checkpoint, path, resuming=True)
-            self._models[name].load_state_dict(state_dict, strict=True)
-            print("Loaded model weights")
-            optim, sched = self._optims[name], self._scheds[name]
-            if optim is not None and checkpoint.get("optimizer") is not None:
-                optim.load_state_dict(checkpoint["optimizer"])
-                print("Loaded optimizer")
-            if sched is not None and checkpoint.get("scheduler") is not None:
-                sched.load_state_dict(checkpoint["scheduler"])
-                print("Loaded scheduler")
-            start_epoch = checkpoint["epoch"]
-            print(f"Previous epoch: {start_epoch}")
+            start_epoch = restore_from_checkpoint(checkpoint, self._models[name], self._optims[name],
+                                                  self._scheds[name], state_dict=state_dict)
         self._restore_loop_state(checkpoint, path)
         return start_epoch
 
