@@ -30,7 +30,7 @@ import os.path as osp
 import sys
 from typing import List, Optional
 
-from gopro_prompts.tools.runs import MISSING, Run, is_run_dir, read_run
+from gopro_prompts.results.runs import MISSING, Run, is_run_dir, read_run
 
 
 def mean_std(values: List[float], ci95: bool = False):

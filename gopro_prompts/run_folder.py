@@ -21,7 +21,7 @@ import re
 
 import yaml
 
-from gopro_prompts.run_results import RESULTS_FILE, read_results, write_text_atomically
+from gopro_prompts.results.record import RESULTS_FILE, read_results, write_text_atomically
 from gopro_prompts.user_errors import UserError
 
 #: the run record: the config a training run in this folder was started with
@@ -149,7 +149,7 @@ def _results(folder):
         return None
 
 
-#: results.json field -> the config key it comes from (run_results.build_record)
+#: results.json field -> the config key it comes from (gopro_prompts.results.record.build_record)
 _RESULT_FIELDS = (("trainer", "TRAINER.NAME"), ("dataset", "DATASET.NAME"),
                   ("subsample", "DATASET.SUBSAMPLE_CLASSES"), ("shots", "DATASET.NUM_SHOTS"), ("seed", "SEED"))
 

@@ -39,14 +39,15 @@ from gopro_prompts.dassl_compat import (
     DATASET_REGISTRY, TRAINER_REGISTRY, build_trainer, collect_env_info, get_logger,
     set_random_seed, setup_logger,
 )
-from gopro_prompts import cli_plugins, results_capture
+from gopro_prompts import cli_plugins
+from gopro_prompts.results import capture as results_capture
 from gopro_prompts.registry import register_all
 from gopro_prompts import run_folder
 from gopro_prompts.run_lock import RunLock
 
 from gopro_prompts.trainers import distributed, preemption
 from gopro_prompts.trainers.base import ClipTrainer
-from gopro_prompts.trainers.config import default_cfg, offline_config_file
+from gopro_prompts.trainers.config import accept_str_or_bool, default_cfg, offline_config_file
 
 logger = get_logger("train")
 
@@ -130,6 +131,8 @@ def _merge_file(cfg, path, what):
         raise UserError(f"{what} not found: {path} (check the path given to --{what.replace(' ', '-')})")
     _check_yaml_mapping(path)
     try:
+        with open(path) as f:
+            accept_str_or_bool(cfg, run_folder.flatten_cfg(yaml.safe_load(f) or {}))
         cfg.merge_from_file(path)
     except KeyError as exc:
         raise UserError(_unknown_key_message(path, exc, cfg)) from None
@@ -178,6 +181,13 @@ def _check_no_flags_in_opts(opts, source):
                         "see python train.py --help, and put every flag before the KEY VALUE opts")
 
 
+def _decode_opt(value):
+    """An opts value as yacs' ``merge_from_list`` reads it (a Python literal, else the string)."""
+    from yacs.config import CfgNode
+
+    return CfgNode._decode_cfg_value(value)
+
+
 def _merge_opts(cfg, opts, source):
     if not opts:
         return
@@ -188,7 +198,9 @@ def _merge_opts(cfg, opts, source):
             "(put every --flag before the KEY VALUE pairs)"
         )
     try:
-        cfg.merge_from_list(list(opts))
+        pairs = list(opts)
+        accept_str_or_bool(cfg, {str(k): _decode_opt(v) for k, v in zip(pairs[0::2], pairs[1::2])})
+        cfg.merge_from_list(pairs)
     except (KeyError, AssertionError) as exc:
         if "Non-existent" in str(exc):  # yacs: KeyError from files, AssertionError from opts
             raise UserError(_unknown_key_message(source, exc, cfg)) from None

@@ -26,7 +26,7 @@
 #   TRAINER.MAPLE.PROMPT_DEPTH 3 DATASET.NUM_SHOTS 2; later opts win, e.g. MODEL.BACKBONE.NAME tiny for
 #   random weights); DATA defaults to <repo>/data, OUTPUT to <repo>/output/offline_compare.
 #
-# The table (tools/results_tables.py) is printed at the end and saved as
+# The table (gopro_prompts/results/tables.py) is printed at the end and saved as
 # $OUTPUT/compare/<protocol>.{txt,md,csv,json,png}.  Runs that fail are reported, the others go on;
 # missing or unfinished runs are marked in the table, never averaged in.  Exit status: 0 when every
 # run finished, 1 otherwise, 2 on bad arguments.  Finished runs are skipped (re-running the script
@@ -220,7 +220,7 @@ fi
 
 if [[ -n "${DRY_RUN:-}" ]]; then
     echo
-    echo "(dry run) then: $PYTHON -m gopro_prompts.tools.results_tables $PROTOCOL ${ROOTS[*]} ${TABLE_ARGS[*]} --trainers $TRAINERS --seeds $SEEDS --shots $SHOTS --save $OUTPUT/compare/$PROTOCOL"
+    echo "(dry run) then: $PYTHON -m gopro_prompts.results.tables $PROTOCOL ${ROOTS[*]} ${TABLE_ARGS[*]} --trainers $TRAINERS --seeds $SEEDS --shots $SHOTS --save $OUTPUT/compare/$PROTOCOL"
     exit 0
 fi
 
@@ -230,7 +230,7 @@ existing_roots=()
 for root in "${ROOTS[@]}"; do [[ -d "$root" ]] && existing_roots+=("$root"); done
 ((${#existing_roots[@]})) || die "no run folder was created under $OUTPUT: see the errors above"
 table_rc=0
-(cd "$REPO_ROOT" && "$PYTHON" -m gopro_prompts.tools.results_tables "$PROTOCOL" "${existing_roots[@]}" "${TABLE_ARGS[@]}" \
+(cd "$REPO_ROOT" && "$PYTHON" -m gopro_prompts.results.tables "$PROTOCOL" "${existing_roots[@]}" "${TABLE_ARGS[@]}" \
     --trainers "$TRAINERS" --seeds "$SEEDS" --shots "$SHOTS" --save "$OUTPUT/compare/$PROTOCOL") || table_rc=$?
 
 if ((${#FAILED[@]})); then

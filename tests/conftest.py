@@ -139,9 +139,19 @@ def _restore_process_state():
 
 @pytest.fixture(scope="session")
 def shared_dir():
+    """The shared/ folder beside the clone (vendored Dassl and CoOp, the original parity files);
+    tests that need it skip where it is absent."""
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} (the shared fixtures folder) is not present")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def parity_fixtures():
+    """The parity fixtures shipped in tests/fixtures/parity (method files and the fp16 tiny CLIP)."""
+    folder = _TESTS / "fixtures" / "parity"
+    assert (folder / "tiny_clip_fp16.pt").is_file(), f"{folder} is missing its files"
+    return folder
 
 
 @pytest.fixture(scope="session")

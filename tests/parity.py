@@ -1,6 +1,12 @@
 """Numeric parity with the official implementations.
 
-    python tests/parity.py FIXTURE TINY_CLIP [--variants] [--quiet]
+    python tests/parity.py FIXTURE [TINY_CLIP] [--variants] [--quiet]
+    python tests/parity.py tests/fixtures/parity/coop.pt
+
+The fixtures ship in ``tests/fixtures/parity/`` (see the README there);
+``TINY_CLIP`` defaults to the shipped ``tiny_clip_fp16.pt``.  A CLIP state
+dict stored in fp16 is upcast to fp32 before use (:func:`fp32_clip_path`), so
+the compact file and the original fp32 one build the same model.
 
 Builds the method named by the fixture's ``meta["method"]`` from the
 fixture's own ``meta`` (class names, and the ``TRAINER.<METHOD>`` node of
@@ -19,9 +25,11 @@ defines ``run(fixture, model, cfg, variants) -> {fixture_key: tensor}``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os.path as osp
 import sys
+import tempfile
 
 import torch
 
@@ -30,6 +38,10 @@ REPO = osp.dirname(HERE)
 for path in (REPO, HERE):
     if path not in sys.path:
         sys.path.insert(0, path)
+
+#: the parity fixtures shipped with the repository, and their tiny CLIP (stored in fp16)
+FIXTURES = osp.join(HERE, "fixtures", "parity")
+DEFAULT_TINY_CLIP = osp.join(FIXTURES, "tiny_clip_fp16.pt")
 
 #: keys that are inputs to the run, not outputs to compare
 INPUT_PREFIXES = ("inputs.", "param.", "buffer.")
@@ -71,27 +83,67 @@ def compare(key, actual, expected):
     return (diff / allowed).max().item() if diff.numel() else 0.0
 
 
+def upcast_state(state):
+    """A copy of a CLIP state dict with its fp16 tensors in fp32 (every other tensor as it is).
+
+    The tiny CLIP's values are all fp16-representable, so this restores the
+    published fp32 weights bit for bit."""
+    return {k: (v.float() if v.dtype == torch.float16 else v) for k, v in state.items()}
+
+
+@contextlib.contextmanager
+def fp32_clip_path(path):
+    """Yields ``path`` itself, or, when it holds a state dict with fp16 tensors, an fp32 copy of it.
+
+    The copy lives in a temporary folder for the duration of the ``with`` block (the
+    model, and any second CLIP a method loads from ``MODEL.BACKBONE.PATH``, is built
+    inside it), so the loader always reads exactly the fp32 weights."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a plain state dict (a JIT archive): the loader's business
+        state = None
+    if not (isinstance(state, dict) and any(
+        isinstance(v, torch.Tensor) and v.dtype == torch.float16 for v in state.values()
+    )):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="parity_clip_") as folder:
+        copy = osp.join(folder, osp.splitext(osp.basename(path))[0] + ".upcast_fp32.pt")
+        torch.save(upcast_state(state), copy)
+        del state
+        yield copy
+
+
 def build_from_meta(fixture, tiny_clip_path):
-    """Our model for the fixture's method, config and class names."""
+    """Our model for the fixture's method, config and class names, on the CLIP file
+    ``tiny_clip_path`` as the loader reads it (see :func:`fp32_clip_path`)."""
     from yacs.config import CfgNode as CN
 
     from gopro_prompts.dassl_compat import TRAINER_REGISTRY
-    from gopro_prompts.trainers.config import default_cfg
+    from gopro_prompts.trainers.config import accept_str_or_bool, default_cfg
 
     meta = fixture["meta"]
     method = meta["method"]
     cfg = default_cfg()
-    node_name = method.upper()
+    node_name = meta.get("trainer_cfg_node", method.upper())  # KgCoOp and ProGrad read TRAINER.COOP
     their = CN.load_cfg(meta["trainer_cfg_yaml"])
     if node_name not in cfg.TRAINER:
         raise SystemExit(f"no config node TRAINER.{node_name} for method {method!r}")
     if node_name in their:
+        accept_str_or_bool(cfg, {f"TRAINER.{node_name}.{k}": v for k, v in their[node_name].items()})
         cfg.TRAINER[node_name].merge_from_other_cfg(their[node_name])
+    if "loss_cfg" in meta:  # ProGrad's top-level LOSS node
+        cfg.LOSS.merge_from_other_cfg(CN(dict(meta["loss_cfg"])))
+    if "dataset_name" in meta:  # the hand-crafted templates of KgCoOp and ProGrad follow it
+        cfg.DATASET.NAME = meta["dataset_name"]
     cfg.MODEL.BACKBONE.NAME = ""
     cfg.MODEL.BACKBONE.PATH = tiny_clip_path
     cfg.TRAINER.NAME = method
     cfg.freeze()
-    trainer_cls = TRAINER_REGISTRY.get(method)
+    try:
+        trainer_cls = TRAINER_REGISTRY.get(method)
+    except KeyError:
+        raise SystemExit(f"no trainer registered for method {method!r}: nothing to compare with yet") from None
     clip_model, _ = trainer_cls.load_backbone(cfg, "cpu")
     model = trainer_cls.build_clip_model(cfg, list(meta["classnames"]), clip_model)
     return cfg, model
@@ -104,14 +156,15 @@ def load_adapter(method):
         raise SystemExit(f"no parity adapter for method {method!r} (tests/parity_adapters/{method.lower()}.py): {exc}")
 
 
-def check(fixture_path, tiny_clip_path, variants=False, quiet=False):
+def check(fixture_path, tiny_clip_path=DEFAULT_TINY_CLIP, variants=False, quiet=False):
     """Run the check; returns (ok, rows) with rows = [(key, ratio_or_error)]."""
     torch.set_num_threads(1)  # the fixtures were computed with one thread
     fixture = torch.load(fixture_path, map_location="cpu", weights_only=True)
     meta = fixture["meta"]
-    cfg, model = build_from_meta(fixture, tiny_clip_path)
-    adapter = load_adapter(meta["method"])
-    computed = adapter.run(fixture, model, cfg, variants)
+    with fp32_clip_path(tiny_clip_path) as fp32_path:
+        cfg, model = build_from_meta(fixture, fp32_path)
+        adapter = load_adapter(meta["method"])
+        computed = adapter.run(fixture, model, cfg, variants)
 
     rows, ok = [], True
     for key, expected in fixture.items():
@@ -144,7 +197,8 @@ def check(fixture_path, tiny_clip_path, variants=False, quiet=False):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("fixture")
-    parser.add_argument("tiny_clip")
+    parser.add_argument("tiny_clip", nargs="?", default=DEFAULT_TINY_CLIP,
+                        help="the tiny CLIP state dict (default: the shipped %(default)s)")
     parser.add_argument("--variants", action="store_true", help="also compare variant_* keys")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)

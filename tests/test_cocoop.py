@@ -27,10 +27,10 @@ def _trainer(root, out, *opts):
 
 
 # --------------------------------------------------------------------------- parity
-def test_parity_fixture(shared_dir):
+def test_parity_fixture(parity_fixtures):
     import parity
 
-    ok, rows = parity.check(str(shared_dir / "parity" / "cocoop.pt"), str(shared_dir / "parity" / "tiny_clip.pt"),
+    ok, rows = parity.check(str(parity_fixtures / "cocoop.pt"), str(parity_fixtures / "tiny_clip_fp16.pt"),
                             quiet=True)
     assert ok, rows
     assert {k for k, _ in rows} >= {"out.meta_net_bias", "out.text_features_raw", "grad.meta_net.linear2.weight"}
@@ -38,7 +38,7 @@ def test_parity_fixture(shared_dir):
 
 # ------------------------------------------------------------------ model behaviour
 def test_batched_text_path_equals_a_per_image_loop(tiny_clip):
-    model = CoCoOpModel(_cfg(N_CTX=4, CTX_INIT="a photo of a"), CLASSNAMES, tiny_clip)
+    model = CoCoOpModel(_cfg(N_CTX=4, CTX_INIT="a photo of a").TRAINER.COCOOP, CLASSNAMES, tiny_clip)
     perturb(model.prompt_learner)
     images = random_images()
     with torch.no_grad():
@@ -62,7 +62,7 @@ def test_batched_text_path_equals_a_per_image_loop(tiny_clip):
 
 
 def test_meta_net_is_fed_the_normalised_image_feature(tiny_clip):
-    model = CoCoOpModel(_cfg(N_CTX=4, CTX_INIT="a photo of a"), CLASSNAMES, tiny_clip)
+    model = CoCoOpModel(_cfg(N_CTX=4, CTX_INIT="a photo of a").TRAINER.COCOOP, CLASSNAMES, tiny_clip)
     images = random_images()
     with torch.no_grad():
         parts = model.inspect(images)
@@ -78,7 +78,7 @@ def test_meta_net_is_fed_the_normalised_image_feature(tiny_clip):
 ])
 def test_other_context_settings_and_class_names_build_and_run(tiny_clip, n_ctx, ctx_init, expected_n, prefix):
     names = ["red_circle", "a much longer class name here", "x"]
-    model = CoCoOpModel(_cfg(N_CTX=n_ctx, CTX_INIT=ctx_init), names, tiny_clip)
+    model = CoCoOpModel(_cfg(N_CTX=n_ctx, CTX_INIT=ctx_init).TRAINER.COCOOP, names, tiny_clip)
     learner = model.prompt_learner
     assert learner.ctx.shape == (expected_n, tiny_clip.ln_final.weight.shape[0])
     assert learner.prompt_prefix == prefix
@@ -92,7 +92,7 @@ def test_other_context_settings_and_class_names_build_and_run(tiny_clip, n_ctx, 
 
 def test_bad_n_ctx_is_a_clear_error(tiny_clip):
     with pytest.raises(Exception, match="N_CTX"):
-        CoCoOpModel(_cfg(N_CTX=0, CTX_INIT=""), CLASSNAMES, tiny_clip)
+        CoCoOpModel(_cfg(N_CTX=0, CTX_INIT="").TRAINER.COCOOP, CLASSNAMES, tiny_clip)
 
 
 @pytest.mark.parametrize("prec", PRECISIONS)

@@ -23,7 +23,7 @@ def build(clip_model, classnames=NAMES, **node):
     cfg.TRAINER.GOPRO.PREC = "fp32"
     for key, value in node.items():
         cfg.TRAINER.GOPRO[key] = value
-    model = GOProModel(cfg, classnames, clip_model)
+    model = GOProModel(cfg.TRAINER.GOPRO, classnames, clip_model)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in model.learnable_module().parameters():
@@ -285,8 +285,8 @@ def test_projector_in_ce_routes_the_classification_through_p_v(tiny_clip):
 # ----------------------------------------------------------------------------
 # parity with the official implementation
 # ----------------------------------------------------------------------------
-def test_parity_with_the_official_gopro(shared_dir):
-    ok, rows = parity.check(str(shared_dir / "parity" / "gopro.pt"), str(shared_dir / "parity" / "tiny_clip.pt"),
+def test_parity_with_the_official_gopro(parity_fixtures):
+    ok, rows = parity.check(str(parity_fixtures / "gopro.pt"), str(parity_fixtures / "tiny_clip_fp16.pt"),
                             quiet=True)
     bad = [(k, r) for k, r in rows if isinstance(r, str) or r > 1]
     assert ok, bad

@@ -26,10 +26,10 @@ def _trainer(root, out, *opts):
 
 
 # --------------------------------------------------------------------------- parity
-def test_parity_fixture_with_variants(shared_dir):
+def test_parity_fixture_with_variants(parity_fixtures):
     import parity
 
-    ok, rows = parity.check(str(shared_dir / "parity" / "maple.pt"), str(shared_dir / "parity" / "tiny_clip.pt"),
+    ok, rows = parity.check(str(parity_fixtures / "maple.pt"), str(parity_fixtures / "tiny_clip_fp16.pt"),
                             variants=True, quiet=True)
     assert ok, rows
     keys = {k for k, _ in rows}
@@ -70,7 +70,7 @@ def _reference(clip, learner, images):
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
 def test_every_prompt_depth_matches_the_reference(tiny_clip, depth):
-    model = MaPLeModel(_cfg(PROMPT_DEPTH=depth), CLASSNAMES, tiny_clip)
+    model = MaPLeModel(_cfg(PROMPT_DEPTH=depth).TRAINER.MAPLE, CLASSNAMES, tiny_clip)
     learner = model.prompt_learner
     perturb(learner)
     assert len(learner.compound_prompts_text) == len(learner.visual_prompt_proj) == depth - 1
@@ -84,7 +84,7 @@ def test_every_prompt_depth_matches_the_reference(tiny_clip, depth):
 
 
 def test_deep_prompts_are_used(tiny_clip):
-    model = MaPLeModel(_cfg(PROMPT_DEPTH=2), CLASSNAMES, tiny_clip)
+    model = MaPLeModel(_cfg(PROMPT_DEPTH=2).TRAINER.MAPLE, CLASSNAMES, tiny_clip)
     images = random_images()
     with torch.no_grad():
         before = model(images)
@@ -95,7 +95,7 @@ def test_deep_prompts_are_used(tiny_clip):
 @pytest.mark.parametrize("depth", [0, 4, "3"])
 def test_prompt_depth_out_of_range_is_a_clear_error(tiny_clip, depth):
     with pytest.raises(UserError, match=r"PROMPT_DEPTH must be an integer between 1 and 3"):
-        MaPLeModel(_cfg(PROMPT_DEPTH=depth), CLASSNAMES, tiny_clip)
+        MaPLeModel(_cfg(PROMPT_DEPTH=depth).TRAINER.MAPLE, CLASSNAMES, tiny_clip)
 
 
 def test_resnet_backbone_is_a_clear_error():
@@ -104,7 +104,7 @@ def test_resnet_backbone_is_a_clear_error():
     clip = _clip()
     resnet_clip = clip.model.CLIP(64, 32, (1, 1, 1, 1), 32, None, 77, 49408, 64, 1, 3).float()
     with pytest.raises(UserError, match="ViT"):
-        MaPLeModel(_cfg(), CLASSNAMES, resnet_clip)
+        MaPLeModel(_cfg().TRAINER.MAPLE, CLASSNAMES, resnet_clip)
 
 
 @pytest.mark.parametrize("n_ctx,expected_prefix", [
@@ -115,7 +115,7 @@ def test_resnet_backbone_is_a_clear_error():
 ])
 def test_prompt_text_follows_the_official_rule(tiny_clip, n_ctx, expected_prefix):
     names = ["red_circle", "x"]
-    model = MaPLeModel(_cfg(N_CTX=n_ctx, CTX_INIT="a photo of a"), names, tiny_clip)
+    model = MaPLeModel(_cfg(N_CTX=n_ctx, CTX_INIT="a photo of a").TRAINER.MAPLE, names, tiny_clip)
     learner = model.prompt_learner
     assert learner.prompt_prefix == expected_prefix
     assert learner.ctx.shape == (n_ctx, tiny_clip.ln_final.weight.shape[0])
@@ -129,7 +129,7 @@ def test_prompt_text_follows_the_official_rule(tiny_clip, n_ctx, expected_prefix
 
 
 def test_eval_cache_gives_the_same_logits(tiny_clip):
-    model = MaPLeModel(_cfg(PROMPT_DEPTH=2), CLASSNAMES, tiny_clip)
+    model = MaPLeModel(_cfg(PROMPT_DEPTH=2).TRAINER.MAPLE, CLASSNAMES, tiny_clip)
     perturb(model.prompt_learner)
     images = random_images()
     with torch.no_grad():
@@ -141,7 +141,7 @@ def test_eval_cache_gives_the_same_logits(tiny_clip):
 
 
 def test_fp16_prompt_cast_variant_is_close_but_rounded(tiny_clip):
-    model = MaPLeModel(_cfg(), CLASSNAMES, tiny_clip)
+    model = MaPLeModel(_cfg().TRAINER.MAPLE, CLASSNAMES, tiny_clip)
     perturb(model.prompt_learner)
     images = random_images()
     with torch.no_grad():

@@ -63,7 +63,7 @@ def test_wheel_installs_one_package_and_its_data(wheel):
     for data in ("gopro_prompts/configs/trainers/GOPro/vit_b16.yaml", "gopro_prompts/configs/datasets/imagenet.yaml",
                  "gopro_prompts/assets/tiny_clip_synthetic.pt", "gopro_prompts/trainers/gopro.py",
                  "gopro_prompts/bundled_dassl/data/samplers.py", "gopro_prompts/datasets/oxford_pets.py",
-                 "gopro_prompts/configs/offline/CoOp.yaml"):
+                 "gopro_prompts/configs/offline/CoOp.yaml", "gopro_prompts/results/tables.py"):
         assert data in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "gopro-train = gopro_prompts.train:cli" in entry_points
@@ -136,7 +136,7 @@ def test_every_source_file_is_one_module():
     """Importing everything loads each file under one name (a second name would register classes twice)."""
     from gopro_prompts import datasets, plugin, train, trainers  # noqa: F401
     from gopro_prompts.registry import register_all
-    from gopro_prompts.tools import results_tables, runs  # noqa: F401
+    from gopro_prompts.results import capture, record, runs, tables  # noqa: F401
 
     register_all()
     register_all()  # registering the same classes again is a no-op

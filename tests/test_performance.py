@@ -1,7 +1,7 @@
 """Issue 7: the optimised forwards compute exactly what the official organisation computes.
 
 On the tiny CLIP, for CoCoOp and GOPro (and CoOp / MaPLe), our batched,
-truncated path and :mod:`tools.reference_paths` (per-image loop, 77-token
+truncated path and :mod:`tests.reference_paths` (per-image loop, 77-token
 prompts, all GOPro views at test) give equal logits, losses and gradients;
 the truncation length is the longest end-of-text position + 1; evaluation
 runs in inference mode; forwards make no host <-> device round trips.
@@ -17,12 +17,12 @@ import torch
 
 from gopro_prompts.registry import register_all
 from gopro_prompts.dassl_compat import TRAINER_REGISTRY
-from gopro_prompts.tools.reference_paths import full_length_suffix, reference_for
 from gopro_prompts.trainers.clip_helpers import (
     TextEncoder, eot_positions, supports_shared_prefix, tokenize, truncation_length,
 )
 from gopro_prompts.trainers.config import default_cfg
 from gopro_prompts.trainers.prompts import assemble_per_image, build_prompt_parts
+from tests.reference_paths import full_length_suffix, reference_for
 
 register_all()  # our datasets and trainers in the backend's registries
 
@@ -277,15 +277,10 @@ def test_forwards_make_no_host_round_trips(module_name, name):
 
 
 def test_benchmark_script_runs_and_reports_every_field(tmp_path):
-    """scripts/benchmark.py end to end on the tiny architecture (a smoke test, not a timing)."""
-    import importlib.util
+    """tests/benchmark.py end to end on the tiny architecture (a smoke test, not a timing)."""
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("benchmark_script", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from tests import benchmark as bench
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:

@@ -175,8 +175,8 @@ def test_a_plugin_trainer_trains_and_gets_results_json(tmp_path, synthetic_root,
     assert f"{record['metrics']['accuracy']:.1f}" == f"{accuracy:.1f}"
 
     # the results tools read it
-    from gopro_prompts.tools import results_tables
-    from gopro_prompts.tools.runs import read_run
+    from gopro_prompts.results import tables as results_tables
+    from gopro_prompts.results.runs import read_run
 
     run = read_run(str(out))
     assert run.ok and run.source.endswith("results.json") and run.info["trainer"] == "LinearProbe"

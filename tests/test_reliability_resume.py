@@ -270,15 +270,39 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(
 
 
 def test_with_a_grad_scaler_a_non_finite_loss_is_left_to_the_scaler():
-    class Stub:
-        scaler = object()  # amp on CUDA: GradScaler skips the step and lowers its scale
-        epoch = batch_idx = 0
+    from gopro_prompts.trainers.method import PromptMethod, training_step
 
-    nan = torch.tensor(float("nan"))
-    ClipTrainer._check_finite(Stub(), nan, {"ce": nan})  # no exception
-    Stub.scaler = None
-    with pytest.raises(FloatingPointError, match="epoch 1 batch 1"):
-        ClipTrainer._check_finite(Stub(), nan, {"ce": nan})
+    class NaNMethod(PromptMethod):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2))
+
+        def learnable_module(self):
+            return self
+
+        def forward(self, images):
+            return (images * self.w * float("nan")).reshape(1, 2)
+
+    class Scaler:  # amp on CUDA: GradScaler skips the step and lowers its scale
+        steps = 0
+
+        def scale(self, loss):
+            return loss
+
+        def step(self, optim):
+            Scaler.steps += 1
+
+        def update(self):
+            pass
+
+    model = NaNMethod()
+    optim = torch.optim.SGD(model.parameters(), lr=0.1)
+    images, labels = torch.ones(2), torch.zeros(1, dtype=torch.long)
+    training_step(model, images, labels, optim, scaler=Scaler())  # no exception: the scaler decides
+    assert Scaler.steps == 1
+    with pytest.raises(FloatingPointError, match="at epoch 1 batch 1 \\(ce=nan\\)"):
+        training_step(model, images, labels, optim, where="at epoch 1 batch 1")
+    assert torch.equal(model.w, torch.ones(2))  # no step taken
 
 
 # ---------------------------------------------------------------- atomic files

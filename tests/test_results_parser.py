@@ -1,4 +1,4 @@
-"""parse_test_res.py and tools/runs.py on generated output trees (results.json, old logs, re-run logs)."""
+"""parse_test_res.py and gopro_prompts/results/runs.py on generated output trees (results.json, old logs, re-run logs)."""
 from __future__ import annotations
 
 import math
@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import parse_test_res
-from gopro_prompts.run_results import write_results
-from gopro_prompts.tools import runs as runs_mod
+from gopro_prompts.results.record import write_results
+from gopro_prompts.results import runs as runs_mod
 
 
 # ----------------------------------------------------------------------------- tree generators
@@ -52,7 +52,7 @@ def write_log(run_dir, name="log.txt", **kwargs):
 def write_record(run_dir, *, accuracy, trainer="CoOp", dataset="OxfordPets", subsample="base", shots=16, seed=1,
                  config="vit_b16_ep50", eval_only=False, finished_at="2024-01-01T12:00:00", backbone="ViT-B/16",
                  target_domains=(), macro_f1=50.0):
-    """A results.json as run_results.py writes it (the fields the readers use)."""
+    """A results.json as gopro_prompts/results/record.py writes it (the fields the readers use)."""
     record = {
         "schema": 1, "trainer": trainer, "config": config, "config_file": f"configs/trainers/{trainer}/{config}.yaml",
         "dataset_config_file": "", "dataset": dataset, "subsample": subsample, "shots": shots, "seed": seed,

@@ -1,4 +1,4 @@
-"""tools/results_tables.py: HM and averages against hand-computed values, the three protocols, renderers, chart."""
+"""gopro_prompts/results/tables.py: HM and averages against hand-computed values, the three protocols, renderers, chart."""
 from __future__ import annotations
 
 import csv
@@ -9,9 +9,9 @@ import math
 import pytest
 
 from test_results_parser import write_log, write_record
-from gopro_prompts.tools import published
-from gopro_prompts.tools import results_tables as rt
-from gopro_prompts.tools.runs import collect
+from gopro_prompts.results import published
+from gopro_prompts.results import tables as rt
+from gopro_prompts.results.runs import collect
 
 
 def b2n_tree(root, *, skip=()):

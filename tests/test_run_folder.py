@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gopro_prompts import run_folder, run_results, train
+from gopro_prompts import run_folder, train
+from gopro_prompts.results import record as run_results
 from gopro_prompts.user_errors import UserError
 
 #: a 1-epoch CoOp run on the embedded offline default (12 training images, one batch)

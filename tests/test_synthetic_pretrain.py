@@ -1,21 +1,17 @@
-"""tools/pretrain_tiny_clip.py: a short seeded pretraining learns; the committed checkpoint works."""
+"""gopro_prompts.tools.pretrain_tiny_clip: a short seeded pretraining learns; the committed checkpoint works."""
 from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-
-import pretrain_tiny_clip as pt  # noqa: E402
-from gopro_prompts.datasets import synthetic_world as world  # noqa: E402
-from gopro_prompts.datasets.synthetic import SHAPES_DEMO_CLASSES  # noqa: E402
-from gopro_prompts.trainers.clip_helpers import BUILTIN_CHECKPOINTS, load_clip  # noqa: E402
+from gopro_prompts.datasets import synthetic_world as world
+from gopro_prompts.datasets.synthetic import SHAPES_DEMO_CLASSES
+from gopro_prompts.tools import pretrain_tiny_clip as pt
+from gopro_prompts.trainers.clip_helpers import BUILTIN_CHECKPOINTS, load_clip
 
 pytestmark = pytest.mark.bundled_only(
     reason="pretrains the tiny CLIP with plain torch (tools/pretrain_tiny_clip.py): no Dassl code runs, "
@@ -64,7 +60,7 @@ def test_the_script_writes_a_clip_checkpoint(tmp_path, capsys):
     assert pt.main(["--steps", "2", "--batch-size", "8", "--no-eval", "--output", str(out)]) == 0
     assert "Saved" in capsys.readouterr().out
     meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["config"]["steps"] == 2 and meta["remake"].startswith("python tools/pretrain_tiny_clip.py")
+    assert meta["config"]["steps"] == 2 and meta["remake"].startswith("python -m gopro_prompts.tools.pretrain_tiny_clip")
     state = torch.load(out, map_location="cpu", weights_only=True)
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
     model = load_clip("", path=str(out))  # MODEL.BACKBONE.PATH accepts it like any CLIP file
@@ -80,7 +76,7 @@ def test_the_script_writes_a_clip_checkpoint(tmp_path, capsys):
 
 def test_committed_checkpoint_zero_shot_generalises_to_new_classes():
     path = Path(BUILTIN_CHECKPOINTS["tiny-synthetic"][0])
-    assert path.is_file(), f"{path} is missing: regenerate it with python tools/pretrain_tiny_clip.py"
+    assert path.is_file(), f"{path} is missing: regenerate it with python -m gopro_prompts.tools.pretrain_tiny_clip"
     assert path.stat().st_size < 20 * 2 ** 20
     model = load_clip("tiny-synthetic")
     objects = world.object_classnames()

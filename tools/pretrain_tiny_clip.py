@@ -1,7 +1,9 @@
 """Pretrain the built-in tiny CLIP contrastively on procedurally generated captioned images.
 
-    python tools/pretrain_tiny_clip.py                 # writes assets/tiny_clip_synthetic.pt
-    python tools/pretrain_tiny_clip.py --steps 200 --output /tmp/t.pt
+    python -m gopro_prompts.tools.pretrain_tiny_clip                 # writes assets/tiny_clip_synthetic.pt
+    python -m gopro_prompts.tools.pretrain_tiny_clip --steps 200 --output /tmp/t.pt
+
+(from the root of a clone, or anywhere once the package is installed).
 
 The model is the ``tiny`` architecture of ``trainers/clip_helpers.py`` (the
 ``clip`` package's CLIP class: a 3-layer ViT on 32x32 images, a 3-layer text
@@ -42,12 +44,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-from gopro_prompts.datasets import synthetic_world as world  # noqa: E402
-from gopro_prompts.trainers.clip_helpers import (  # noqa: E402
+from gopro_prompts.datasets import synthetic_world as world
+from gopro_prompts.trainers.clip_helpers import (
     BUILTIN_ARCHS, BUILTIN_CHECKPOINTS, TextEncoder, build_builtin_clip, tokenize,
 )
 
@@ -363,7 +361,7 @@ def _print_zero_shot(results):
 
 def _eval_only(path, per_class):
     if not os.path.isfile(path):
-        raise SystemExit(f"error: {path} not found: train it first (python tools/pretrain_tiny_clip.py)")
+        raise SystemExit(f"error: {path} not found: train it first (python -m gopro_prompts.tools.pretrain_tiny_clip)")
     state = torch.load(path, map_location="cpu", weights_only=True)
     with torch.random.fork_rng(devices=[]):
         results = evaluate(model_from_state(state), per_class)
@@ -403,7 +401,7 @@ def main(argv=None):
     result = pretrain(cfg)
     meta = {"config": asdict(cfg), "seconds": round(result.seconds, 1), "torch": torch.__version__,
             "final_loss": round(sum(result.losses[-50:]) / len(result.losses[-50:]), 4),
-            "remake": "python tools/pretrain_tiny_clip.py"}
+            "remake": "python -m gopro_prompts.tools.pretrain_tiny_clip"}
     if not args.no_eval:
         with torch.random.fork_rng(devices=[]):
             meta["zero_shot"] = evaluate(model_from_state(result.state_dict), cfg.eval_per_class)

@@ -2,17 +2,11 @@
 
 A method subclasses :class:`ClipTrainer` and provides only what is specific to
 it: its config node (``CFG_NODE``), the name it registers its learnable module
-under (``MODEL_NAME``) and :meth:`ClipTrainer.build_clip_model`, which returns
-an ``nn.Module`` with
-
-* ``learnable_module()`` -- the one module that is optimised and checkpointed
-  (frozen CLIP is never saved);
-* ``forward(images)`` -- the evaluation forward, returning logits [B, C];
-* ``forward_train(inputs, labels)`` -- the training forward, returning
-  ``(logits, {term_name: loss})``: losses come back as named terms and are
-  weighted by :meth:`ClipTrainer.loss_weights`;
-* optionally ``begin_eval()`` / ``end_eval()`` -- called around ``test()``
-  (e.g. to encode image-independent class prompts once per evaluation).
+under (``MODEL_NAME``) and its model class (``MODEL``, a
+:class:`~gopro_prompts.trainers.method.PromptMethod` built from the config node,
+the class names and the frozen CLIP; override :meth:`ClipTrainer.build_clip_model`
+when it needs more).  The trainer drives the model only through that contract
+(``trainers/method.py``) and runs :func:`~gopro_prompts.trainers.method.training_step`.
 
 Class-dependent tensors (token prefix / suffix, tokenized prompts) are
 non-persistent buffers rebuilt from the dataset's class names: they are never
@@ -25,21 +19,19 @@ Checkpoints (writing, resuming, loading, their checks) are in
 """
 from __future__ import annotations
 
-import math
-from typing import Dict
-
 import torch
 
 from gopro_prompts.dassl_compat import (
     DataManager, TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy, get_logger,
     load_pretrained_weights,
 )
-from gopro_prompts import results_capture
+from gopro_prompts.results import capture as results_capture
 from gopro_prompts.bundled_dassl.engine import expose_data_manager
 from gopro_prompts.trainers import distributed, preemption
 from gopro_prompts.trainers.checkpoints import CheckpointMixin
 from gopro_prompts.trainers.clip_helpers import PRECISIONS, Precision, load_clip
 from gopro_prompts.trainers.data import DatasetWrapper
+from gopro_prompts.trainers.method import freeze_all_but_learnable, training_step
 from gopro_prompts.trainers.preemption import PreemptionMixin
 from gopro_prompts.user_errors import UserError
 
@@ -58,6 +50,8 @@ class ClipTrainer(PreemptionMixin, CheckpointMixin, TrainerX):
     MODEL_NAME = "prompt_learner"
     #: dataset wrapper given to Dassl's DataManager (ours names an unreadable image file)
     DATASET_WRAPPER = DatasetWrapper
+    #: the method's model: ``MODEL(config_node, classnames, clip_model)`` (a PromptMethod)
+    MODEL = None
 
     def __init__(self, cfg):
         super().__init__(cfg)  # Dassl's SimpleTrainer: data, model, then the evaluator
@@ -86,8 +80,10 @@ class ClipTrainer(PreemptionMixin, CheckpointMixin, TrainerX):
     # ------------------------------------------------------------------- model
     @classmethod
     def build_clip_model(cls, cfg, classnames, clip_model):
-        """Return the method's model around a frozen ``clip_model``."""
-        raise NotImplementedError
+        """Return the method's model around a frozen ``clip_model`` (default: ``MODEL`` on the config node)."""
+        if cls.MODEL is None:
+            raise NotImplementedError(f"{cls.__name__} sets neither MODEL nor build_clip_model")
+        return cls.MODEL(cls.node(cfg), classnames, clip_model)
 
     @classmethod
     def load_backbone(cls, cfg, device="cpu"):
@@ -104,14 +100,11 @@ class ClipTrainer(PreemptionMixin, CheckpointMixin, TrainerX):
         self.device = distributed.local_device(self.device)  # cuda:LOCAL_RANK under torchrun
         clip_model, self.precision = self.load_backbone(cfg, self.device)
         check_input_size(cfg, clip_model)
+        clip_model.to(self.device)  # class texts (prompts, frozen teachers) are encoded on the run's device
         print(f"Building custom CLIP ({type(self).__name__})")
         self.model = self.build_clip_model(cfg, classnames, clip_model)
-        learnable = self.model.learnable_module()
         print("Turning off gradients in both the image and the text encoder")
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        for p in learnable.parameters():
-            p.requires_grad_(True)
+        learnable = freeze_all_but_learnable(self.model)
         n_params = sum(p.numel() for p in learnable.parameters())
         print(f"# learnable params: {n_params:,}")
         if cfg.MODEL.INIT_WEIGHTS:
@@ -149,10 +142,6 @@ class ClipTrainer(PreemptionMixin, CheckpointMixin, TrainerX):
         )
 
     # ---------------------------------------------------------------- training
-    def loss_weights(self) -> Dict[str, float]:
-        """Weight of each named loss term (default 1)."""
-        return {}
-
     def parse_batch_train(self, batch):
         images = batch["img"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
@@ -171,45 +160,34 @@ class ClipTrainer(PreemptionMixin, CheckpointMixin, TrainerX):
         if self._replay is not None:
             return self._replay_step()
         inputs, labels = self.parse_batch_train(batch)
-        with self.precision.autocast():
-            forward = getattr(self, "_train_forward", None) or self.model.forward_train
-            logits, terms = forward(inputs, labels)
-        weights = self.loss_weights()
-        loss = sum(weights.get(name, 1.0) * term.float() for name, term in terms.items())
-        self._check_finite(loss, terms)
-
-        if self.scaler is not None:
-            self.optim.zero_grad()
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optim)
-            self.scaler.update()
-        else:
-            self.model_backward_and_update(loss)
-
+        step = training_step(
+            self.model, inputs, labels, self.optim, self.precision, self.scaler,
+            forward=getattr(self, "_train_forward", None),
+            where=f"at epoch {self.epoch + 1} batch {self.batch_idx + 1}",
+        )
         # one device -> host copy for every logged number (not one per .item())
-        acc = compute_accuracy(logits.detach(), labels)[0]
-        values = torch.stack([loss.detach(), *(t.detach().float() for t in terms.values()),
-                              torch.as_tensor(acc, dtype=torch.float32, device=loss.device).reshape(())]).tolist()
+        acc = compute_accuracy(step.logits, labels)[0]
+        values = torch.stack([step.loss, *(t.float() for t in step.terms.values()),
+                              torch.as_tensor(acc, dtype=torch.float32, device=step.loss.device).reshape(())]).tolist()
         summary = {"loss": values[0]}
-        if len(terms) > 1:
-            summary.update(zip(terms, values[1:-1]))
+        if len(step.terms) > 1:
+            summary.update(zip(step.terms, values[1:-1]))
         summary["acc"] = values[-1]
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         self.record_step(summary)  # trainers/preemption.py
         return summary
 
-    def _check_finite(self, loss, terms):
-        if self.scaler is not None:
-            return  # the grad scaler skips the step and lowers its scale
-        if math.isfinite(loss.item()):
-            return
-        bad = [f"{name}={term.item()}" for name, term in terms.items() if not torch.isfinite(term).all()]
-        raise FloatingPointError(
-            f"non-finite loss at epoch {self.epoch + 1} batch {self.batch_idx + 1} "
-            f"({', '.join(bad) or f'loss={loss.item()}'}): lower OPTIM.LR or use PREC fp32; "
-            "the last saved checkpoint is intact"
-        )
+    def after_epoch(self):
+        """The model's end-of-epoch hook, then Dassl's ``after_epoch`` (evaluation, checkpoint)."""
+        self.model.end_epoch(self.epoch, self.max_epoch)
+        super().after_epoch()
+
+    def method_state(self) -> dict:
+        return self.model.extra_state()
+
+    def load_method_state(self, state: dict) -> None:
+        self.model.load_extra_state(state)
 
     # -------------------------------------------------------------- evaluation
     def model_inference(self, images):
@@ -226,18 +204,14 @@ class ClipTrainer(PreemptionMixin, CheckpointMixin, TrainerX):
         """
         self.begin_test()  # trainers/preemption.py
         with torch.inference_mode():
-            begin = getattr(self.model, "begin_eval", None)
-            if begin is not None:
-                begin()
+            self.model.begin_eval()
             try:
                 if distributed.is_distributed():
                     result = self._test_sharded(split)
                 else:
                     result = super().test(split=split)
             finally:
-                end = getattr(self.model, "end_eval", None)
-                if end is not None:
-                    end()
+                self.model.end_eval()
         metrics = results_capture.last_results(self)
         if results_capture.final_split(self, split) == "test" and metrics is not None and distributed.is_main_process():
             results_capture.write_trainer_results(self, "test", metrics)

@@ -13,6 +13,8 @@ device; every trainer builds on the encoders defined here:
   with optional deep prompts and exact truncation to the longest prompt.
 * :class:`ImageEncoder` -- CLIP's ViT that can return the tokens of every
   residual block and accept appended (shallow / deep) prompt tokens.
+* :func:`encode_class_texts` / :func:`zero_shot_classifier` -- hand-crafted
+  class texts through the frozen CLIP (zero-shot CLIP, frozen teachers).
 
 Both encoders iterate CLIP's own residual blocks; nothing of CLIP's model code
 is copied.  All sizes are read from the loaded model.
@@ -20,6 +22,7 @@ is copied.  All sizes are read from the loaded model.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import sys
 from dataclasses import dataclass
@@ -50,7 +53,7 @@ BUILTIN_ARCHS = {
 BUILTIN_CHECKPOINTS = {
     "tiny-synthetic": (
         resource_path("assets", "tiny_clip_synthetic.pt"),
-        "python tools/pretrain_tiny_clip.py",
+        "python -m gopro_prompts.tools.pretrain_tiny_clip",
     ),
 }
 
@@ -530,3 +533,53 @@ def clip_logits(image_features, text_features, logit_scale):
     if text_features.dim() == 3:
         return scale * torch.einsum("be,bce->bc", image_features, text_features)
     return scale * image_features @ text_features.t()
+
+
+# ----------------------------------------------------------------------------
+# hand-crafted class texts (zero-shot classifiers, frozen teachers)
+# ----------------------------------------------------------------------------
+class _Fp32TextTower(nn.Module):
+    """An fp32 copy of CLIP's text tower (token embedding, blocks, ln_final, projection)."""
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__()
+        self.token_embedding = copy.deepcopy(clip_model.token_embedding).float()
+        self.transformer = copy.deepcopy(clip_model.transformer).float()
+        self.positional_embedding = nn.Parameter(clip_model.positional_embedding.detach().float().clone(),
+                                                 requires_grad=False)
+        self.ln_final = copy.deepcopy(clip_model.ln_final).float()
+        self.text_projection = nn.Parameter(clip_model.text_projection.detach().float().clone(),
+                                            requires_grad=False)
+
+
+@torch.no_grad()
+def encode_class_texts(clip_model: nn.Module, classnames: Sequence[str], templates: Sequence[str],
+                       fp32: bool = False) -> torch.Tensor:
+    """The frozen CLIP's features of every template filled with every class name.
+
+    Returns [T, C, E] in float32, not normalised (callers combine the templates their own way).
+    ``fp32=False`` runs CLIP's ``encode_text`` in the model's own dtype (the official zero-shot
+    CLIP); ``fp32=True`` computes in fp32 whatever the weights are: an fp16 model's text tower is
+    upcast into a temporary copy, which equals the separate fp32 CLIP the official teachers load.
+    """
+    names = [clean_classname(c) for c in classnames]
+    device = clip_model.token_embedding.weight.device
+    upcast = fp32 and clip_model.token_embedding.weight.dtype != torch.float32
+    tower = _Fp32TextTower(clip_model) if upcast else None
+    encoder = TextEncoder(tower) if upcast else None
+    feats = []
+    for template in templates:
+        tokens = tokenize([template.format(n) for n in names]).to(device)
+        if encoder is None:
+            feats.append(clip_model.encode_text(tokens).float())
+        else:
+            n_tokens = truncation_length(tokens)
+            feats.append(encoder(tower.token_embedding(tokens[:, :n_tokens]), tokens).float())
+    return torch.stack(feats)
+
+
+def zero_shot_classifier(clip_model: nn.Module, classnames: Sequence[str], templates: Sequence[str],
+                         fp32: bool = False) -> torch.Tensor:
+    """CLIP's zero-shot class embeddings [C, E]: each template's features normalised, averaged, normalised."""
+    per_template = F.normalize(encode_class_texts(clip_model, classnames, templates, fp32=fp32), dim=-1)
+    return F.normalize(per_template.mean(0), dim=-1)

@@ -8,7 +8,7 @@ image feature; every class prompt of image b uses the shifted context ctx + pi_b
 All per-image prompt sets of a batch go through ONE batched text-encoder call
 (truncated to the longest prompt) instead of the official loop over images;
 the prompt start shared by an image's classes (SOS + its context) is encoded
-once per image (exact under CLIP's causal mask, README "Performance"); a very
+once per image (exact under CLIP's causal mask, docs/performance.md); a very
 large B*C (e.g. evaluation batches on ImageNet) is split by whole images into
 calls of at most ``CoCoOpModel.max_text_batch`` prompts, which gives the same
 numbers.  Only the prompt learner is optimised and
@@ -26,6 +26,7 @@ from gopro_prompts.registry import register_trainer
 from gopro_prompts.trainers.base import ClipTrainer
 from gopro_prompts.trainers.clip_helpers import ImageEncoder, TextEncoder, clip_logits, supports_shared_prefix
 from gopro_prompts.trainers.config import register_trainer_config
+from gopro_prompts.trainers.method import PromptMethod
 from gopro_prompts.trainers.prompts import assemble_per_image, build_prompt_parts, make_context, register_class_buffers
 from gopro_prompts.user_errors import UserError
 
@@ -79,15 +80,15 @@ class CoCoOpPromptLearner(nn.Module):
         return prompts, bias
 
 
-class CoCoOpModel(nn.Module):
-    """Frozen CLIP + CoCoOp prompt learner."""
+class CoCoOpModel(PromptMethod):
+    """Frozen CLIP + a per-image prompt learner (``learner(node, classnames, clip_model)``, CoCoOp's by default)."""
 
     #: most prompts encoded in one text-encoder call (split by whole images beyond it)
     max_text_batch = 8192
 
-    def __init__(self, cfg, classnames, clip_model):
+    def __init__(self, node, classnames, clip_model, learner=CoCoOpPromptLearner):
         super().__init__()
-        self.prompt_learner = CoCoOpPromptLearner(cfg.TRAINER.COCOOP, classnames, clip_model)
+        self.prompt_learner = learner(node, classnames, clip_model)
         self.image_encoder = ImageEncoder(clip_model)
         self.text_encoder = TextEncoder(clip_model)
         self.logit_scale = clip_model.logit_scale
@@ -143,10 +144,6 @@ class CoCoOpModel(nn.Module):
         image, _, _, text = self._forward(images)
         return clip_logits(image, text, self.logit_scale)
 
-    def forward_train(self, images, labels):
-        logits = self.forward(images)
-        return logits, {"ce": F.cross_entropy(logits, labels)}
-
     def inspect(self, images):
         """Named intermediate tensors (for parity checks and debugging)."""
         image, ctx_shifted, bias, text = self._forward(images)
@@ -166,6 +163,4 @@ class CoCoOp(ClipTrainer):
 
     CFG_NODE = "COCOOP"
     MODEL_NAME = "prompt_learner"
-    @classmethod
-    def build_clip_model(cls, cfg, classnames, clip_model):
-        return CoCoOpModel(cfg, classnames, clip_model)
+    MODEL = CoCoOpModel

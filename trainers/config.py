@@ -55,7 +55,36 @@ def _vpt(node):  # MaPLe repository node (not a trainer here); kept so its YAMLs
 EXTRA_KEYS = {
     ("MODEL", "BACKBONE", "PATH"): "",  # a local CLIP file, instead of MODEL.BACKBONE.NAME
     ("DATASET", "SUBSAMPLE_CLASSES"): "all",  # all, base or new (the CoCoOp repository's key)
+    # ProGrad's top-level node (its train.py): NAME "prograd" selects its loss, T the
+    # distillation temperature, LAMBDA the strength of the gradient projection
+    ("LOSS", "NAME"): "",
+    ("LOSS", "T"): 1.0,
+    ("LOSS", "LAMBDA"): 1.0,
 }
+
+#: keys that published YAMLs set to a string or a bool: TRAINER.COOP.CTX_INIT is CoOp's
+#: phrase, and ``True`` ("the dataset's template phrase") in KgCoOp's and ProGrad's configs
+STR_OR_BOOL_KEYS = ("TRAINER.COOP.CTX_INIT",)
+
+
+def accept_str_or_bool(cfg: CN, values: Dict[str, object]) -> None:
+    """Before merging ``values`` (dotted key -> new value): let a :data:`STR_OR_BOOL_KEYS` key change
+    between str and bool, which yacs' merge would refuse as a type change."""
+    for key in STR_OR_BOOL_KEYS:
+        if key not in values:
+            continue
+        *path, leaf = key.split(".")
+        node = cfg
+        for part in path:
+            if part not in node:
+                break
+            node = node[part]
+        else:
+            new = values[key]
+            if leaf in node and isinstance(new, (str, bool)) and isinstance(node[leaf], (str, bool)):
+                if node.is_frozen():
+                    continue
+                node[leaf] = new
 
 
 def add_missing_keys(cfg: CN, nodes=None) -> CN:
@@ -68,6 +97,8 @@ def add_missing_keys(cfg: CN, nodes=None) -> CN:
     for path, default in EXTRA_KEYS.items():
         node = cfg
         for key in path[:-1]:
+            if key not in node:
+                node[key] = CN()
             node = node[key]
         if path[-1] not in node:
             node[path[-1]] = default

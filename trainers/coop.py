@@ -14,6 +14,7 @@ from gopro_prompts.registry import register_trainer
 from gopro_prompts.trainers.base import ClipTrainer
 from gopro_prompts.trainers.clip_helpers import ImageEncoder, TextEncoder, clip_logits
 from gopro_prompts.trainers.config import register_trainer_config
+from gopro_prompts.trainers.method import PromptMethod
 from gopro_prompts.trainers.prompts import build_prompt_parts, make_context, register_class_buffers
 from gopro_prompts.user_errors import UserError
 
@@ -27,6 +28,8 @@ def _coop_node(node):  # as CoOp's train.py extend_cfg: official names and defau
     node.CTX_INIT = ""
     node.PREC = "fp16"
     node.CLASS_TOKEN_POSITION = "end"
+    node.W = 1.0  # KgCoOp's weight of its knowledge-guidance term (read from this node, as KgCoOp does)
+    node.ALPHA = 1.0  # declared by KgCoOp's train.py and never read; kept so its configs merge
 
 
 class CoOpPromptLearner(nn.Module):
@@ -70,12 +73,16 @@ class CoOpPromptLearner(nn.Module):
         return torch.cat(prompts, dim=0)
 
 
-class CoOpModel(nn.Module):
-    """Frozen CLIP + CoOp prompt learner."""
+class CoOpModel(PromptMethod):
+    """Frozen CLIP + a prompt learner whose ``forward()`` gives every class's prompt [C, L, D].
 
-    def __init__(self, cfg, classnames, clip_model):
+    ``node`` is the method's config node; ``learner`` the prompt-learner class, built as
+    ``learner(node, classnames, clip_model)`` (CoOp's by default; variants bring their own).
+    """
+
+    def __init__(self, node, classnames, clip_model, learner=CoOpPromptLearner):
         super().__init__()
-        self.prompt_learner = CoOpPromptLearner(cfg.TRAINER.COOP, classnames, clip_model)
+        self.prompt_learner = learner(node, classnames, clip_model)
         self.image_encoder = ImageEncoder(clip_model)
         self.text_encoder = TextEncoder(clip_model)
         self.logit_scale = clip_model.logit_scale
@@ -129,6 +136,4 @@ class CoOp(ClipTrainer):
 
     CFG_NODE = "COOP"
     MODEL_NAME = "prompt_learner"
-    @classmethod
-    def build_clip_model(cls, cfg, classnames, clip_model):
-        return CoOpModel(cfg, classnames, clip_model)
+    MODEL = CoOpModel

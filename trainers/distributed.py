@@ -17,7 +17,7 @@ process group when ``torchrun``'s environment (``RANK`` / ``WORLD_SIZE`` /
   per rank, reshuffled every epoch from ``SEED``): each process trains on
   ``DATALOADER.TRAIN_X.BATCH_SIZE`` images, so one optimiser step sees
   ``N x BATCH_SIZE`` images and the gradient is that of the mean loss over
-  them (see README.md "Multi-GPU training" for the batch semantics);
+  them (see docs/multi_gpu.md for the batch semantics);
 * evaluate on a strided shard per rank and gather the logits on rank 0,
   which runs Dassl's evaluator over the whole split (identical accuracy);
 * write logs, TensorBoard, checkpoints and ``results.json`` on rank 0 only.

@@ -21,8 +21,9 @@ The computation of the official implementation (mainaksingha01/GOPro
 
 Paper-vs-code switches under ``TRAINER.GOPRO`` (defaults = official code):
 ``RHO_PER_VIEW``, ``SHIFT_PER_TOKEN``, ``TEXT_PROJ``, ``PROJ_IN_CE``
-(documented in README.md "GOPro").  Deliberate fixes of the official code are
-marked "Deliberate fix" below and in :mod:`trainers.gopro_views`.
+(P1-P6 in docs/gopro.md).  Deliberate fixes of the official code are marked
+"Deliberate fix" below and in :mod:`trainers.gopro_views`; their labels D1-D9
+are listed in docs/gopro.md.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from gopro_prompts.trainers.base import ClipTrainer
 from gopro_prompts.trainers.clip_helpers import ImageEncoder, TextEncoder, clip_logits, is_vit, supports_shared_prefix
 from gopro_prompts.trainers.config import register_trainer_config
 from gopro_prompts.trainers.gopro_views import GOProDatasetWrapper
+from gopro_prompts.trainers.method import PromptMethod
 from gopro_prompts.trainers.prompts import assemble_per_image, build_prompt_parts, make_context, register_class_buffers
 from gopro_prompts.user_errors import UserError
 
@@ -62,7 +64,7 @@ def _gopro_node(node):
     node.W_SEM = 1.0
     node.W_CON = 0.1
     node.CON_TEMPERATURE = 0.1
-    # paper-vs-code switches (README.md "GOPro"); the defaults are the official computation
+    # paper-vs-code switches (P1-P6 in docs/gopro.md); the defaults are the official computation
     node.RHO_PER_VIEW = False     # P4: separate rho for the MoCo / AugMix views
     node.SHIFT_PER_TOKEN = False  # P6: a distinct shift for each context token
     node.TEXT_PROJ = False        # P1: a learnable text projector P_t as well
@@ -221,7 +223,7 @@ class GOProLearner(nn.Module):
 # ----------------------------------------------------------------------------
 # the model
 # ----------------------------------------------------------------------------
-class GOProModel(nn.Module):
+class GOProModel(PromptMethod):
     """Frozen CLIP + :class:`GOProLearner`.
 
     ``forward(images)`` is the evaluation forward (original view, one
@@ -229,15 +231,16 @@ class GOProModel(nn.Module):
     labels)`` returns ``(logits of view 1, {"ce", "sem", "con"[, "con_text"]})``.
     """
 
-    def __init__(self, cfg, classnames, clip_model):
+    def __init__(self, node, classnames, clip_model, learner=GOProLearner):
         super().__init__()
         if not is_vit(clip_model):
             raise UserError(
                 "GOPro needs a ViT CLIP backbone (it reads the tokens of every vision block): "
                 "set MODEL.BACKBONE.NAME to ViT-B/16, ViT-B/32 or ViT-L/14"
             )
-        node = cfg.TRAINER.GOPRO
-        self.learner = GOProLearner(node, classnames, clip_model)
+        self.learner = learner(node, classnames, clip_model)
+        # total = W_CE * ce + W_SEM * sem + W_CON * (con + con_text)
+        self.loss_weights = {"ce": node.W_CE, "sem": node.W_SEM, "con": node.W_CON, "con_text": node.W_CON}
         self.image_encoder = ImageEncoder(clip_model)
         self.text_encoder = TextEncoder(clip_model)
         self.logit_scale = clip_model.logit_scale
@@ -409,9 +412,7 @@ class GOPro(ClipTrainer):
     CFG_NODE = "GOPRO"
     MODEL_NAME = "gopro"
     DATASET_WRAPPER = GOProDatasetWrapper
-    @classmethod
-    def build_clip_model(cls, cfg, classnames, clip_model):
-        return GOProModel(cfg, classnames, clip_model)
+    MODEL = GOProModel
 
     def check_cfg(self, cfg):
         super().check_cfg(cfg)
@@ -452,10 +453,6 @@ class GOPro(ClipTrainer):
                 "choose DATALOADER.TRAIN_X.BATCH_SIZE dividing the training-set size to use them all",
                 n_items - used, n_items,
             )
-
-    def loss_weights(self) -> Dict[str, float]:
-        node = self.node(self.cfg)
-        return {"ce": node.W_CE, "sem": node.W_SEM, "con": node.W_CON, "con_text": node.W_CON}
 
     def parse_batch_train(self, batch):
         views = tuple(v.to(self.device, non_blocking=True) for v in GOProModel._views(batch))

@@ -11,7 +11,7 @@ GOPro trains on three views of every image (as the official GOPro code):
   translate x/y) at severity 1, mixed with Dirichlet(1, 1, 1) chain weights and
   a Beta(1, 1) weight for the plain image.
 
-Deliberate fixes of the official code (README.md "Fixes of the official code's defects"): the extra
+Deliberate fixes of the official code (D1-D9 in docs/gopro.md): the extra
 views are built here, per image, from the original view's **un-normalised**
 image (after the configured crop and flip), at the model's input size R, and
 end with the same normalisation as the original view (CLIP's mean / std in

@@ -29,12 +29,12 @@ import copy
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from gopro_prompts.registry import register_trainer
 from gopro_prompts.trainers.base import ClipTrainer
 from gopro_prompts.trainers.clip_helpers import ImageEncoder, TextEncoder, clip_logits, is_vit
 from gopro_prompts.trainers.config import register_trainer_config
+from gopro_prompts.trainers.method import PromptMethod
 from gopro_prompts.trainers.prompts import build_prompt_parts, make_context, register_class_buffers
 from gopro_prompts.user_errors import UserError
 
@@ -106,15 +106,22 @@ def _fp16_round(x):
     return x.half().to(x.dtype)
 
 
-class MaPLeModel(nn.Module):
-    """Frozen CLIP + MaPLe prompt learner."""
+class MaPLeModel(PromptMethod):
+    """Frozen CLIP + a deep prompt learner for both branches.
+
+    ``learner(node, classnames, clip_model)`` (MaPLe's by default) is a module with
+    ``tokenized_prompts`` whose ``forward()`` returns (text prompts [C, L, D], the layer-0
+    vision prompt [n, W] or None, deep text prompts, deep vision prompts): the text prompts
+    replace positions 1..n before text block i >= 1, the vision prompts are appended to the
+    image tokens and replace the last n of them before vision block i >= 1.
+    """
 
     #: reproduce the official fp16 casts of the inserted prompts (the fixture's ``variant_*`` keys)
     fp16_prompt_cast = False
 
-    def __init__(self, cfg, classnames, clip_model):
+    def __init__(self, node, classnames, clip_model, learner=MaPLePromptLearner):
         super().__init__()
-        self.prompt_learner = MaPLePromptLearner(cfg.TRAINER.MAPLE, classnames, clip_model)
+        self.prompt_learner = learner(node, classnames, clip_model)
         self.image_encoder = ImageEncoder(clip_model)
         self.text_encoder = TextEncoder(clip_model)
         self.logit_scale = clip_model.logit_scale
@@ -125,7 +132,7 @@ class MaPLeModel(nn.Module):
 
     def _cast(self, prompts, copies):
         """Official variant: expand to ``copies`` and round each copy to fp16."""
-        if not self.fp16_prompt_cast:
+        if not self.fp16_prompt_cast or prompts is None:
             return prompts
         return _fp16_round(prompts.unsqueeze(0).expand(copies, -1, -1))
 
@@ -154,10 +161,6 @@ class MaPLeModel(nn.Module):
             return clip_logits(image, text, self.logit_scale)
         *_, image, text = self._forward(images)
         return clip_logits(image, text, self.logit_scale)
-
-    def forward_train(self, images, labels):
-        logits = self.forward(images)
-        return logits, {"ce": F.cross_entropy(logits, labels)}
 
     @torch.no_grad()
     def begin_eval(self):
@@ -193,9 +196,7 @@ class MaPLe(ClipTrainer):
 
     CFG_NODE = "MAPLE"
     MODEL_NAME = "MultiModalPromptLearner"
-    @classmethod
-    def build_clip_model(cls, cfg, classnames, clip_model):
-        return MaPLeModel(cfg, classnames, clip_model)
+    MODEL = MaPLeModel
 
     def convert_state_dict(self, name, state_dict):
         """Official MaPLe checkpoints hold the whole CustomCLIP: keep its prompt learner, renamed."""

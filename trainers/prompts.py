@@ -42,6 +42,11 @@ def build_prompt_parts(classnames, clip_model, n_ctx: int, ctx_init: str, style:
       first n_ctx positions are learnable; the whole phrase stays the prompt
       text (its remaining words are fixed tokens).
     """
+    if ctx_init is True:
+        raise UserError(
+            "CTX_INIT True (\"the dataset's template phrase\", as KgCoOp's and ProGrad's configs use it) "
+            "applies to KgCoOp and ProGrad only: give this trainer the phrase itself, e.g. CTX_INIT \"a photo of a\""
+        )
     if n_ctx < 1 and not ctx_init:
         raise UserError(f"N_CTX must be >= 1 (got {n_ctx}) when CTX_INIT is empty")
     names = [clean_classname(n) for n in classnames]

@@ -9,12 +9,11 @@ train), and ``--eval-only`` without ``--model-dir`` evaluates the model as built
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from gopro_prompts.registry import register_trainer
 from gopro_prompts.trainers.base import ClipTrainer, check_input_size
-from gopro_prompts.trainers.clip_helpers import ImageEncoder, clean_classname, clip_logits, tokenize
+from gopro_prompts.trainers.clip_helpers import ImageEncoder, clip_logits, zero_shot_classifier
+from gopro_prompts.trainers.method import PromptMethod
 
 CUSTOM_TEMPLATES = {
     "OxfordPets": "a photo of a {}, a type of pet.",
@@ -50,21 +49,15 @@ def dataset_template(dataset_name):
     return CUSTOM_TEMPLATES.get(dataset_name, DEFAULT_TEMPLATE)
 
 
-class ZeroShotModel(nn.Module):
+class ZeroShotModel(PromptMethod):
     """Frozen CLIP with class text features from fixed templates (averaged when several)."""
 
     def __init__(self, classnames, clip_model, templates):
         super().__init__()
         self.image_encoder = ImageEncoder(clip_model)
         self.logit_scale = clip_model.logit_scale
-        names = [clean_classname(c) for c in classnames]
-        feats = []
-        with torch.no_grad():
-            for template in templates:
-                tokens = tokenize([template.format(n) for n in names]).to(clip_model.token_embedding.weight.device)
-                feats.append(F.normalize(clip_model.encode_text(tokens).float(), dim=-1))
-        text = torch.stack(feats).mean(0)
-        self.register_buffer("text_features", F.normalize(text, dim=-1), persistent=False)
+        text = zero_shot_classifier(clip_model, classnames, templates)
+        self.register_buffer("text_features", text, persistent=False)
         self.templates = tuple(templates)
 
     def learnable_module(self):

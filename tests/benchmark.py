@@ -1,7 +1,10 @@
 """Benchmark: our optimised trainers against the official way of computing.
 
-    python scripts/benchmark.py [--trainers CoOp CoCoOp MaPLe GOPro] [--classes N]
-                                [--device cpu|cuda] [--json OUT]
+    python -m tests.benchmark [--trainers CoOp CoCoOp MaPLe GOPro] [--classes N]
+                              [--device cpu|cuda] [--json OUT]
+
+Run it from the root of a clone: it imports the package from there and the
+reference paths from ``tests/``.
 
 For each trainer it builds the ViT-B/16 CLIP *architecture* with random
 weights (no download: the cost does not depend on the weight values), the
@@ -11,7 +14,7 @@ size, N_CTX / CTX_INIT, PREC), and runs
 * **ours**: the trainer's model as our trainers run it (one batched,
   truncated text-encoder call; evaluation under ``torch.inference_mode`` with
   the image-independent text features encoded once, ``begin_eval``);
-* **reference**: :mod:`tools.reference_paths`, the official organisation of
+* **reference**: :mod:`tests.reference_paths`, the official organisation of
   the same computation (per-image loop, 77-token prompts, text encoded at
   every batch, all three GOPro views at test time, evaluation under no_grad).
 
@@ -42,8 +45,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 #: CLIP ViT-B/16 architecture (the sizes clip.model.build_model reads from the
 #: released ViT-B/16 state dict)
@@ -271,9 +272,10 @@ def run_trainer(name, opts):
 
     from gopro_prompts import trainers  # noqa: F401  (registers the trainers)
     from gopro_prompts.dassl_compat import TRAINER_REGISTRY, build_optimizer
-    from gopro_prompts.tools.reference_paths import reference_for
+    from tests.reference_paths import reference_for
     from gopro_prompts.trainers.clip_helpers import BUILTIN_ARCHS, Precision, _clip
     from gopro_prompts.trainers.config import default_cfg
+    from gopro_prompts.trainers.method import freeze_all_but_learnable, training_step
 
     device = torch.device(opts["device"])
     if opts["threads"]:
@@ -303,14 +305,9 @@ def run_trainer(name, opts):
     clip_model = precision.apply(clip_model)
     torch.manual_seed(1)
     model = trainer_cls.build_clip_model(cfg, names, clip_model)
-    learnable = model.learnable_module()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in learnable.parameters():
-        p.requires_grad_(True)
+    learnable = freeze_all_but_learnable(model)
     model.to(device)
     reference = reference_for(name, model, clip_model)
-    weights = _bare_trainer(trainer_cls, cfg).loss_weights()
     optim = build_optimizer(learnable, cfg.OPTIM)
     scaler = precision.grad_scaler()
 
@@ -326,8 +323,7 @@ def run_trainer(name, opts):
     labels = torch.randint(0, len(names), (batch,), generator=gen).to(device)
     eval_views = [images(eval_batch) for _ in range(n_views)]
 
-    def loss_of(terms):
-        return sum(weights.get(k, 1.0) * t.float() for k, t in terms.items())
+    loss_of = model.total_loss
 
     def forward_train(path):
         with precision.autocast():
@@ -335,18 +331,10 @@ def run_trainer(name, opts):
                 return model.forward_train(train_inputs, labels)
             return reference.train_forward(train_inputs, labels)
 
-    def train_step(path):
+    def train_step(path):  # the trainer's step (trainers/method.py), on our forward or the reference one
         learnable.train()
-        logits, terms = forward_train(path)
-        loss = loss_of(terms)
-        optim.zero_grad()
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optim)
-            scaler.update()
-        else:
-            loss.backward()
-            optim.step()
+        forward = model.forward_train if path == "ours" else reference.train_forward
+        training_step(model, train_inputs, labels, optim, precision, scaler, forward=forward)
 
     def eval_batch_fn(path):
         learnable.eval()
@@ -452,13 +440,6 @@ def _differences(ours, ref):
     }
 
 
-def _bare_trainer(trainer_cls, cfg):
-    """A trainer object holding only ``cfg``: enough for ``loss_weights()``."""
-    trainer = trainer_cls.__new__(trainer_cls)
-    trainer.cfg = cfg
-    return trainer
-
-
 # ----------------------------------------------------------------------------
 # driver
 # ----------------------------------------------------------------------------
@@ -477,7 +458,7 @@ def _opts(args, trainer):
 def run_in_subprocess(args, trainer):
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(_opts(args, trainer)),
+        cmd = [sys.executable, "-m", "tests.benchmark", "--worker", json.dumps(_opts(args, trainer)),
                "--worker-out", str(out)]
         proc = subprocess.run(cmd, cwd=str(REPO))
         if proc.returncode != 0 or not out.is_file():

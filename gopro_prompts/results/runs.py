@@ -3,7 +3,7 @@
 A *run folder* is an ``--output-dir`` of ``train.py`` (or of the CoOp / CoCoOp / MaPLe
 code).  Its result is read, in this order:
 
-1. ``results.json`` (written by every final evaluation, see ``run_results.py``);
+1. ``results.json`` (written by every final evaluation, see :mod:`gopro_prompts.results.record`);
 2. otherwise the newest of ``log.txt`` / ``log.txt-<timestamp>``: a re-run in the same
    folder logs to ``log.txt-%Y-%m-%d-%H-%M-%S`` (Dassl's ``setup_logger``), and the newest
    run is the one that counts.  The value is the last ``* <keyword>: NUMBER%`` line after
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from gopro_prompts import resource_path
-from gopro_prompts.run_results import RESULTS_FILE, read_results
+from gopro_prompts.results.record import RESULTS_FILE, read_results
 
 
 LOG_FILE = "log.txt"

@@ -1,8 +1,8 @@
 """Comparison tables of the three protocols, from output trees.
 
-    python -m gopro_prompts.tools.results_tables base2new output/base2new [--datasets oxford_pets,dtd] [--trainers CoOp,MaPLe]
-    python -m gopro_prompts.tools.results_tables xd output/imagenet output/evaluation --source imagenet
-    python -m gopro_prompts.tools.results_tables dg output/imagenet output/evaluation
+    python -m gopro_prompts.results.tables base2new output/base2new [--datasets oxford_pets,dtd] [--trainers CoOp,MaPLe]
+    python -m gopro_prompts.results.tables xd output/imagenet output/evaluation --source imagenet
+    python -m gopro_prompts.results.tables dg output/imagenet output/evaluation
     ... [--seeds 1,2,3] [--shots 16] [--format table|markdown|csv|json] [--save PREFIX] [--chart FILE.png]
 
 * **base2new**: per method and dataset the mean over seeds of the base accuracy (runs with
@@ -14,7 +14,7 @@
   variants (or SyntheticObjects' style variants) as targets, ``xd`` to every other evaluated
   dataset; ``--datasets`` names the targets explicitly.
 
-Runs are found by walking the roots and read with :mod:`tools.runs` (results.json, else the
+Runs are found by walking the roots and read with :mod:`gopro_prompts.results.runs` (results.json, else the
 newest log); they are grouped by what each run says it is (trainer, config, dataset,
 subsample, shots, seed, backbone), not by folder names.  A seed that is expected (``--seeds``,
 else every seed seen in the table) but missing or unfinished is listed under the table and its
@@ -34,8 +34,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from gopro_prompts.tools.published import B2N_DATASETS, DG_TARGETS
-from gopro_prompts.tools.runs import Run, canonical_dataset, collect
+from gopro_prompts.results.published import B2N_DATASETS, DG_TARGETS
+from gopro_prompts.results.runs import Run, canonical_dataset, collect
 
 #: display order of the trainers (others follow alphabetically)
 METHOD_ORDER = ("ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "MaPLe", "GOPro")
@@ -580,7 +580,7 @@ def _int_list(text: Optional[str]) -> Optional[List[int]]:
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(prog="python -m gopro_prompts.tools.results_tables", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gopro_prompts.results.tables", description=__doc__.split("\n")[0])
     parser.add_argument("protocol", choices=PROTOCOLS)
     parser.add_argument("roots", nargs="+", help="output folders to search for runs (e.g. output/base2new)")
     parser.add_argument("--datasets", help="comma-separated datasets (config names like oxford_pets or "

@@ -3,7 +3,7 @@
 Dassl's ``test()`` returns only the first metric (accuracy); the evaluator's
 full result dict (accuracy, error rate, macro F1) is lost.  The functions here
 keep it and turn it into the run's ``results.json``
-(:mod:`gopro_prompts.run_results`):
+(:mod:`gopro_prompts.results.record`):
 
 * our :class:`~gopro_prompts.trainers.base.ClipTrainer` wraps its evaluator
   in a :class:`ResultKeepingEvaluator` when it is built, and calls
@@ -142,7 +142,7 @@ def command_line_run_info(argv=None):
 def write_trainer_results(trainer, split, metrics):
     """Write ``results.json`` of ``trainer``'s run into its output folder; returns the path."""
     from gopro_prompts import dassl_compat
-    from gopro_prompts.run_results import build_record, write_results
+    from gopro_prompts.results.record import build_record, write_results
 
     info = getattr(trainer, "run_info", None)
     if info is None:  # not built by our train.py: a host code base's command line

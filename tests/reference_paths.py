@@ -1,6 +1,6 @@
 """Reference paths: each method computed the way its official code does.
 
-Used by ``scripts/benchmark.py`` (the cost to beat) and by the tests (our
+Used by ``tests/benchmark.py`` (the cost to beat) and by the tests (our
 optimised forwards must give the same logits, losses and gradients).  A
 reference path runs on *our* model's modules and weights, so both paths
 compute the same function, but with the official organisation of the work
