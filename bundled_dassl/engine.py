@@ -61,6 +61,16 @@ def expose_data_manager(trainer, dm) -> None:
     trainer.dm = dm
 
 
+def eval_split_loader(trainer, split=None):
+    """``(split, loader)`` evaluated by ``test(split)``: ``TEST.SPLIT`` by default, the test set when
+    ``val`` has no loader (as Dassl's ``SimpleTrainer.test``)."""
+    if split is None:
+        split = trainer.cfg.TEST.SPLIT
+    if split == "val" and trainer.val_loader is not None:
+        return split, trainer.val_loader
+    return "test", trainer.test_loader
+
+
 def build_trainer(cfg):
     """Instantiate the trainer named ``cfg.TRAINER.NAME`` (as Dassl's ``build_trainer``)."""
     available = TRAINER_REGISTRY.registered_names()
@@ -372,15 +382,7 @@ class SimpleTrainer(TrainerBase):
         """Evaluate on ``split`` (default ``TEST.SPLIT``) and return the accuracy (the first result)."""
         self.set_model_mode("eval")
         self.evaluator.reset()
-
-        if split is None:
-            split = self.cfg.TEST.SPLIT
-        if split == "val" and self.val_loader is not None:
-            data_loader = self.val_loader
-        else:
-            split = "test"
-            data_loader = self.test_loader
-
+        split, data_loader = eval_split_loader(self, split)
         print(f"Evaluate on the *{split}* set")
 
         for batch in tqdm(data_loader):  # tqdm writes to stderr: never in log.txt

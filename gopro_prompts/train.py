@@ -47,7 +47,7 @@ from gopro_prompts.run_lock import RunLock
 
 from gopro_prompts.trainers import distributed, preemption
 from gopro_prompts.trainers.base import ClipTrainer
-from gopro_prompts.trainers.config import accept_str_or_bool, default_cfg, offline_config_file
+from gopro_prompts.trainers.config import accept_str_or_bool, default_cfg, merge_config_file, offline_config_file
 
 logger = get_logger("train")
 
@@ -131,9 +131,7 @@ def _merge_file(cfg, path, what):
         raise UserError(f"{what} not found: {path} (check the path given to --{what.replace(' ', '-')})")
     _check_yaml_mapping(path)
     try:
-        with open(path) as f:
-            accept_str_or_bool(cfg, run_folder.flatten_cfg(yaml.safe_load(f) or {}))
-        cfg.merge_from_file(path)
+        merge_config_file(cfg, path)
     except KeyError as exc:
         raise UserError(_unknown_key_message(path, exc, cfg)) from None
     except ValueError as exc:

@@ -25,6 +25,10 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python}"
 SHOTS="${SHOTS:-16}"
+# opts that cap every deep-prompt method's depth at the 3 layers of the built-in tiny CLIPs
+# (the official configs prompt 9 or 12 layers of ViT-B/16)
+TINY_DEPTH_OPTS=(TRAINER.MAPLE.PROMPT_DEPTH 3 TRAINER.IVLP.PROMPT_DEPTH_VISION 3 TRAINER.IVLP.PROMPT_DEPTH_TEXT 3
+    TRAINER.VPT.PROMPT_DEPTH_VISION 3 TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION 3 TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT 3)
 
 die() {
     echo "error: $*" >&2

@@ -9,7 +9,7 @@
 #
 #   DATASET   configs/datasets/ file names without .yaml (oxford_pets, dtd, synthetic_shapes, ...)
 #   SEEDS     comma-separated, e.g. 1,2,3
-#   TRAINERS  comma-separated, default ZeroshotCLIP,CoOp,CoCoOp,MaPLe,GOPro
+#   TRAINERS  comma-separated, default ZeroshotCLIP,CoOp,CoCoOp,KgCoOp,ProGrad,VPT,IVLP,MaPLe,PromptSRC,GOPro
 #   KEY VALUE yacs opts passed to every run after the method's own config (so they win), e.g.
 #             MODEL.BACKBONE.NAME tiny INPUT.SIZE "(32, 32)" OPTIM.MAX_EPOCH 1 DATASET.NUM_SHOTS 2
 #
@@ -23,7 +23,7 @@
 # offline: the embedded offline default, no data and no download: base2new on synthetic_shapes with
 #   seed 1 and every method's official config, run with the tiny CLIP pretrained by this repository at
 #   32x32 and 2 shots (MODEL.BACKBONE.NAME tiny-synthetic INPUT.SIZE "(32, 32)" DATALOADER.NUM_WORKERS 0
-#   TRAINER.MAPLE.PROMPT_DEPTH 3 DATASET.NUM_SHOTS 2; later opts win, e.g. MODEL.BACKBONE.NAME tiny for
+#   DATASET.NUM_SHOTS 2 and the prompt depths capped at 3, TINY_DEPTH_OPTS in _common.sh; later opts win, e.g. MODEL.BACKBONE.NAME tiny for
 #   random weights); DATA defaults to <repo>/data, OUTPUT to <repo>/output/offline_compare.
 #
 # The table (gopro_prompts/results/tables.py) is printed at the end and saved as
@@ -42,12 +42,12 @@
 #   base2new and xd_* scripts alike.
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
-ALL_TRAINERS="ZeroshotCLIP,CoOp,CoCoOp,MaPLe,GOPro"
-# the offline preset: the tiny CLIP pretrained by this repository (3 layers, 32x32 input, so MaPLe's
-# prompt depth is capped at 3), 2 shots so that the official schedules (e.g. GOPro's 50 epochs) take
+ALL_TRAINERS="ZeroshotCLIP,CoOp,CoCoOp,KgCoOp,ProGrad,VPT,IVLP,MaPLe,PromptSRC,GOPro"
+# the offline preset: the tiny CLIP pretrained by this repository (3 layers, 32x32 input, so the
+# deep-prompt methods' depths are capped at 3), 2 shots so that the official schedules (e.g. GOPro's 50 epochs) take
 # a minute or two on a CPU
 OFFLINE_OPTS=(MODEL.BACKBONE.NAME tiny-synthetic INPUT.SIZE "(32, 32)" DATALOADER.NUM_WORKERS 0
-    TRAINER.MAPLE.PROMPT_DEPTH 3 DATASET.NUM_SHOTS 2)
+    DATASET.NUM_SHOTS 2 "${TINY_DEPTH_OPTS[@]}")
 
 (($# >= 1)) || die "usage: bash $0 {base2new|xd|dg} DATASET[,DATASET...] SEEDS [TRAINERS] [KEY VALUE ...] (or: bash $0 offline)"
 PROTOCOL=$1
@@ -203,6 +203,11 @@ else
                     fi
                     ;;
                 *)
+                    if [[ ! -f "$dir/xd_train.sh" ]]; then
+                        # KgCoOp, ProGrad: their repositories have no cross-dataset scripts
+                        [[ "$seed" == "$FIRST_SEED" ]] && echo "==> $trainer has no xd_train.sh (none in its repository): skipped"
+                        continue
+                    fi
                     if step "$trainer seed $seed: train on $SOURCE" \
                         env "$(method_cfg "$trainer")" bash "$dir/xd_train.sh" "$seed" "${OPTS[@]}"; then
                         for dataset in "${TARGET_LIST[@]}"; do

@@ -11,23 +11,20 @@
 #
 # Every run goes through scripts/compare.sh, i.e. each method's official config and scripts, with a
 # common short schedule for the tiny model passed as KEY VALUE opts (they win over the configs):
-# 16 shots, SYN_EPOCHS epochs (default 4, the first a warm-up), batch 8, 32x32 inputs, MaPLe's
-# prompt depth capped at the tiny model's 3 layers, random-resized crops of at least half the image
+# 16 shots, SYN_EPOCHS epochs (default 4, the first a warm-up), batch 8, 32x32 inputs, the deep-prompt
+# methods' depths capped at the tiny model's 3 layers (TINY_DEPTH_OPTS, scripts/_common.sh), random-resized crops of at least half the image
 # (objects fill a good part of a 32-pixel image).  The time of the last run is in the report.
 #
-# Environment: SEEDS (default 1,2,3), TRAINERS (default all five), SYN_EPOCHS (default 4),
+# Environment: SEEDS (default 1,2,3), TRAINERS (default all ten), SYN_EPOCHS (default 4),
 #   JOBS (default 2 on a machine with 2 or more cores: GOPro runs beside the other methods; 1: one at a time),
 #   DATA (default <repo>/data), OUTPUT (default <repo>/output/synthetic_benchmark),
 #   RESULTS (default <repo>/docs/synthetic_results.md; the tables are also under $OUTPUT/compare/),
 #   README_FILE (default <repo>/README.md: its section between the synthetic-results markers is
 #   rewritten with the same report; empty: leave the README alone).
 # Finished runs are skipped, so an interrupted benchmark resumes where it stopped.
-set -euo pipefail
-
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-python}"
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"  # REPO_ROOT, PYTHON, TINY_DEPTH_OPTS
 SEEDS="${SEEDS:-1,2,3}"
-TRAINERS="${TRAINERS:-ZeroshotCLIP,CoOp,CoCoOp,MaPLe,GOPro}"
+TRAINERS="${TRAINERS:-ZeroshotCLIP,CoOp,CoCoOp,KgCoOp,ProGrad,VPT,IVLP,MaPLe,PromptSRC,GOPro}"
 SYN_EPOCHS="${SYN_EPOCHS:-4}"
 JOBS="${JOBS:-$(( $(getconf _NPROCESSORS_ONLN) >= 2 ? 2 : 1 ))}"
 export DATA="${DATA:-$REPO_ROOT/data}"
@@ -46,7 +43,7 @@ mkdir -p "$DATA"
 OPTS=(
     MODEL.BACKBONE.NAME tiny-synthetic INPUT.SIZE "(32, 32)" INPUT.RRCROP_SCALE "(0.5, 1.0)"
     DATALOADER.NUM_WORKERS 0 DATALOADER.TRAIN_X.BATCH_SIZE 8 DATALOADER.TEST.BATCH_SIZE 200
-    DATASET.NUM_SHOTS 16 OPTIM.MAX_EPOCH "$SYN_EPOCHS" TRAINER.MAPLE.PROMPT_DEPTH 3 TRAIN.PRINT_FREQ 50
+    DATASET.NUM_SHOTS 16 OPTIM.MAX_EPOCH "$SYN_EPOCHS" "${TINY_DEPTH_OPTS[@]}" TRAIN.PRINT_FREQ 50
 )
 
 all_protocols() { # TRAINERS: the three protocols for these trainers (tables printed at the end of each)

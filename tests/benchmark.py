@@ -1,6 +1,6 @@
 """Benchmark: our optimised trainers against the official way of computing.
 
-    python -m tests.benchmark [--trainers CoOp CoCoOp MaPLe GOPro] [--classes N]
+    python -m tests.benchmark [--trainers CoOp CoCoOp MaPLe GOPro KgCoOp ...] [--classes N]
                               [--device cpu|cuda] [--json OUT]
 
 Run it from the root of a clone: it imports the package from there and the
@@ -59,6 +59,11 @@ CONFIGS = {
     "CoCoOp": "configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml",
     "MaPLe": "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
     "GOPro": "configs/trainers/GOPro/vit_b16.yaml",
+    "KgCoOp": "configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml",
+    "ProGrad": "configs/trainers/ProGrad/vit_b16_ep100_ctxv1.yaml",
+    "VPT": "configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml",
+    "IVLP": "configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml",
+    "PromptSRC": "configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
 }
 
 #: class names of Caltech101 as CoOp uses them (realistic prompt lengths);
@@ -274,22 +279,22 @@ def run_trainer(name, opts):
     from gopro_prompts.dassl_compat import TRAINER_REGISTRY, build_optimizer
     from tests.reference_paths import reference_for
     from gopro_prompts.trainers.clip_helpers import BUILTIN_ARCHS, Precision, _clip
-    from gopro_prompts.trainers.config import default_cfg
+    from gopro_prompts.trainers.config import default_cfg, merge_config_file
     from gopro_prompts.trainers.method import freeze_all_but_learnable, training_step
 
     device = torch.device(opts["device"])
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
     cfg = default_cfg()
-    cfg.merge_from_file(str(REPO / CONFIGS[name]))
+    merge_config_file(cfg, str(REPO / CONFIGS[name]))
     cfg.TRAINER.NAME = name
     trainer_cls = TRAINER_REGISTRY.get(name)
     node = trainer_cls.node(cfg)
     if opts["prec"]:
         node.PREC = opts["prec"]
     arch = VIT_B16 if opts["arch"] == "ViT-B/16" else BUILTIN_ARCHS[opts["arch"]]
-    if name == "MaPLe":  # a smaller architecture has fewer layers to prompt
-        node.PROMPT_DEPTH = min(node.PROMPT_DEPTH, arch["vision_layers"], arch["transformer_layers"])
+    for key in [k for k in node if k.startswith("PROMPT_DEPTH")]:  # a smaller architecture has fewer layers
+        node[key] = min(node[key], arch["vision_layers"], arch["transformer_layers"])
     batch = opts["batch_size"] or cfg.DATALOADER.TRAIN_X.BATCH_SIZE
     eval_batch = opts["eval_batch"] or (cfg.DATALOADER.TEST.BATCH_SIZE if device.type == "cuda" else 4)
     names = classnames(opts["classes"])
@@ -347,8 +352,7 @@ def run_trainer(name, opts):
     # ---- equality of the two paths (before any optimiser step)
     log(f"{name}: comparing the two paths")
     out = {"trainer": name, "classes": len(names), "batch_size": batch, "eval_batch": eval_batch,
-           "prec": node.PREC, "seq_len": int(learnable.token_suffix.shape[1] + 1 + learnable.n_ctx),
-           "context_length": int(learnable.tokenized_prompts.shape[1])}
+           "prec": node.PREC, **_text_lengths(learnable)}
     paths = ("ours",) if opts["no_reference"] else PATHS
     begin = getattr(model, "begin_eval", None)
     end = getattr(model, "end_eval", None)
@@ -419,6 +423,14 @@ def run_trainer(name, opts):
         out["speedup_eval"] = out["reference"]["eval_s_per_img"] / out["ours"]["eval_s_per_img"]
         out["memory_ratio"] = out["ours"]["peak_mem_mb"] / max(out["reference"]["peak_mem_mb"], 1e-9)
     return out
+
+
+def _text_lengths(learnable):
+    """The truncated text sequence our encoder runs and the full context (0 / 0: no text is encoded)."""
+    if getattr(learnable, "token_suffix", None) is None:
+        return {"seq_len": 0, "context_length": 0}
+    return {"seq_len": int(learnable.token_suffix.shape[1] + 1 + learnable.n_ctx),
+            "context_length": int(learnable.tokenized_prompts.shape[1])}
 
 
 def _differences(ours, ref):

@@ -1,6 +1,7 @@
 """Helpers shared by the tests (plain functions; the fixtures are in conftest.py)."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -16,6 +17,29 @@ def last_accuracy(log_text):
     values = re.findall(r"^\* accuracy: ([\d.]+)%", log_text, flags=re.M)
     assert values, "no '* accuracy:' line in the log"
     return float(values[-1])
+
+
+def logged_evaluation(log_text):
+    """``(total, correct, accuracy)`` of the last result block that Dassl's evaluator printed in a log."""
+    import re
+
+    blocks = re.findall(r"^\* total: ([\d,]+)\n\* correct: ([\d,]+)\n\* accuracy: ([\d.]+)%", log_text, flags=re.M)
+    assert blocks, "no '* total / * correct / * accuracy' block in the log"
+    total, correct, accuracy = blocks[-1]
+    return int(total.replace(",", "")), int(correct.replace(",", "")), float(accuracy)
+
+
+def assert_evaluated_on(log_text, n_images):
+    """The last evaluation of a log covered exactly ``n_images`` images; returns its accuracy.
+
+    For runs too short (or on a backbone too weak) to beat chance reliably: the accuracy is that
+    of the expected test split, recomputed from the counts, not just any number in [0, 100].
+    """
+    total, correct, accuracy = logged_evaluation(log_text)
+    assert total == n_images, f"evaluated {total} images, expected {n_images}"
+    assert 0 <= correct <= total and f"{100.0 * correct / total:.1f}" == f"{accuracy:.1f}"
+    assert accuracy == last_accuracy(log_text)
+    return accuracy
 
 
 def method_cfg(node_name, **node):
@@ -46,55 +70,108 @@ def random_images(n=3, seed=2, size=32):
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
+#: what train.py's "System info" report says while :func:`env_report_skipped` is on
+ENV_REPORT_STUB = "(skipped in tests)"
+
+
+@contextlib.contextmanager
+def env_report_skipped():
+    """Skip train.py's "System info" report in this process: it queries pip and the compilers in
+    subprocesses, about two seconds of every run.  (Runs in subprocesses still make it.)"""
+    from gopro_prompts import train
+
+    saved = train.collect_env_info
+    train.collect_env_info = lambda: ENV_REPORT_STUB
+    try:
+        yield
+    finally:
+        train.collect_env_info = saved
+
+
 def offline_trainer(trainer_name, root, out, *opts):
-    """A trainer on the embedded offline default, built but not trained."""
+    """A trainer on the embedded offline default, built but not trained (no "System info" report)."""
     from gopro_prompts import train
 
     assert os.environ.get(train.OFFLINE_ROOT_ENV) == root, "use the synthetic_root fixture"
-    return train.main(["--trainer", trainer_name, "--output-dir", str(out), "--no-train",
-                       "DATASET.NUM_SHOTS", "2", *opts])
+    with env_report_skipped():
+        return train.main(["--trainer", trainer_name, "--output-dir", str(out), "--no-train",
+                           "DATASET.NUM_SHOTS", "2", *opts])
 
 
 def one_step_run(trainer, out):
     """One training step of ``trainer`` on its first batch, then its checkpoint saved under ``out``.
 
-    Returns the trainer, ``out``, the names of its learnable parameters, its state before the
-    step and the step's loss summary.
+    Returns a dict: the trainer, ``out``, the registered (checkpointed) module, the names of the
+    model's parameters that require gradients (every name of a shared one), its state before the step
+    (:func:`model_state`) and the step's loss summary.
     """
-    learnable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    (name,) = trainer.get_model_names()
+    registered = trainer._models[name]
+    learnable = {n for n, p in trainer.model.named_parameters(remove_duplicate=False) if p.requires_grad}
+    before = model_state(trainer.model)
     trainer.set_model_mode("train")
     trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, len(trainer.train_loader_x)
     summary = trainer.forward_backward(next(iter(trainer.train_loader_x)))
     trainer.save_model(0, str(out))
-    return dict(trainer=trainer, out=out, learnable=learnable, before=before, summary=summary)
+    return dict(trainer=trainer, out=out, name=name, registered=registered, learnable=learnable,
+                before=before, summary=summary)
 
 
-def assert_step_changed_only_the_prompt_learner(run):
-    """The learnable parameters are the prompt learner's, the loss is finite, and only they moved."""
+def model_state(model):
+    """Every parameter and buffer of ``model`` (non-persistent buffers too), cloned, under each of
+    its names (a tensor shared by two submodules appears twice)."""
+    state = {n: p.detach().clone() for n, p in model.named_parameters(remove_duplicate=False)}
+    state.update({n: b.detach().clone() for n, b in model.named_buffers(remove_duplicate=False)})
+    return state
+
+
+def module_prefix(model, module):
+    """The name under which ``module`` sits inside ``model`` ("" for the model itself), with a dot."""
+    for name, sub in model.named_modules():
+        if sub is module:
+            return name + "." if name else ""
+    raise AssertionError(f"{type(module).__name__} is not a submodule of {type(model).__name__}")
+
+
+def eval_logits(trainer, images):
+    """The evaluation logits of ``trainer``'s model, as ``test()`` computes them (begin/end_eval around)."""
     import torch
 
-    trainer = run["trainer"]
-    assert run["learnable"] == {"prompt_learner." + n for n, _ in trainer.model.prompt_learner.named_parameters()}
-    assert torch.isfinite(torch.tensor(run["summary"]["loss"]))
-    after = trainer.model.state_dict()
-    changed = {k for k, v in run["before"].items() if not torch.equal(v, after[k])}
-    assert changed == run["learnable"]
-
-
-def assert_reload_reproduces_logits(run, fresh):
-    """``fresh``, a new trainer of the same setup, differs from ``run``'s until it loads its checkpoint."""
-    import torch
-
-    trainer = run["trainer"]
-    images = next(iter(trainer.test_loader))["img"][:4]
     trainer.set_model_mode("eval")
-    fresh.set_model_mode("eval")
-    with torch.no_grad():
-        expected = trainer.model(images)
-        assert not torch.equal(fresh.model(images), expected)  # a fresh model differs
-        fresh.load_model(str(run["out"]), epoch=1)
-        assert torch.equal(fresh.model(images), expected)
+    model = trainer.model
+    with torch.inference_mode(), trainer.precision.autocast():
+        begin, end = getattr(model, "begin_eval", None), getattr(model, "end_eval", None)
+        if begin is not None:
+            begin()
+        try:
+            return model(images.to(trainer.device)).float().cpu()
+        finally:
+            if end is not None:
+                end()
+
+
+def chance(n_classes):
+    """Accuracy (%) of guessing among ``n_classes`` classes."""
+    return 100.0 / n_classes
+
+
+def assert_beats_chance(accuracy, n_classes, factor):
+    """``accuracy`` (%) is at least ``factor`` times chance: the pipeline classifies, it does not guess."""
+    assert accuracy >= factor * chance(n_classes), (
+        f"accuracy {accuracy:.2f}% is below {factor} x chance ({chance(n_classes):.2f}% for {n_classes} classes)")
+
+
+def dataset_cfg(root, name, shots=-1, seed=1, subsample="all"):
+    """The backend's default config for dataset ``name`` under ``root`` (few-shot K, seed, base/new/all)."""
+    from gopro_prompts.dassl_compat import get_cfg_default
+
+    cfg = get_cfg_default()
+    cfg.DATASET.SUBSAMPLE_CLASSES = subsample
+    cfg.DATASET.ROOT = str(root)
+    cfg.DATASET.NAME = name
+    cfg.DATASET.NUM_SHOTS = shots
+    cfg.SEED = seed
+    return cfg
 
 
 _JPEG = None

@@ -44,7 +44,8 @@ FIXTURES = osp.join(HERE, "fixtures", "parity")
 DEFAULT_TINY_CLIP = osp.join(FIXTURES, "tiny_clip_fp16.pt")
 
 #: keys that are inputs to the run, not outputs to compare
-INPUT_PREFIXES = ("inputs.", "param.", "buffer.")
+INPUT_PREFIXES = ("inputs.", "param.", "buffer.",
+                  "gpa.snapshots.")  # PromptSRC: the per-epoch prompt values fed to its aggregation
 INTEGER_KEYS = ("tokenized_prompts", "eot_index")
 #: gradients that are analytically zero (e.g. rho's bias: the text LayerNorms cancel a uniform
 #: shift): compare against an absolute bound
@@ -53,7 +54,7 @@ ANALYTIC_ZERO = ("layer_mix_rho.bias", "grad_total_train.sim_proj.linear.bias")
 
 def tolerance(key, expected):
     """(atol, rtol) for a fixture key, or None for an exact comparison."""
-    base = key[len("variant_fp16_prompt_cast."):] if key.startswith("variant_") else key
+    base = key.split(".", 1)[1] if key.startswith("variant_") else key  # variant_<name>.<key>
     if base in INTEGER_KEYS or not expected.is_floating_point():
         return None
     scale = expected.abs().max().item() if expected.numel() else 0.0

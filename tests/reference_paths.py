@@ -217,8 +217,57 @@ class GOProReference(_Reference):
         return clip_logits(f1, t1, self.model.logit_scale)
 
 
+class _OfficialTextEncoder(nn.Module):
+    """Our text encoder's weights run as the official TextEncoder runs them (77 tokens, ln_final on all)."""
+
+    def __init__(self, ours: nn.Module):
+        super().__init__()
+        self.ours = ours
+
+    def forward(self, prompts, tokenized_prompts, deep_prompts=None, suffix=None):
+        if suffix is not None:
+            raise NotImplementedError("the official text encoders have no shared-prefix encoding")
+        return official_text_encode(self.ours, prompts, tokenized_prompts, deep_prompts)
+
+
+class ModelReference(_Reference):
+    """The model's own forwards with the official text path (VPT, IVLP, KgCoOp, ProGrad, PromptSRC).
+
+    Their official forwards differ from ours only in the text encoder's organisation: every
+    class prompt at its full 77 tokens through ``ln_final`` on every token, at every batch
+    (evaluation included: nothing cached).  So this path swaps in that encoder and the
+    full-length prompts and runs the model's own ``forward_train`` / ``forward`` (same loss
+    terms, same gradient combination in ``backward``).  VPT encodes no text: for it only the
+    evaluation mode differs (no_grad instead of inference mode, nothing cached).
+    """
+
+    @contextlib.contextmanager
+    def official_text_path(self):
+        model = self.model
+        if getattr(self.learner, "token_suffix", None) is None:
+            yield
+            return
+        ours = model.text_encoder
+        model.text_encoder = _OfficialTextEncoder(ours)
+        try:
+            with self.prompts_context():
+                yield
+        finally:
+            model.text_encoder = ours
+
+    def train_forward(self, inputs, labels):
+        with self.official_text_path():
+            return self.model.forward_train(inputs, labels)
+
+    @torch.no_grad()
+    def eval_forward(self, images, extra_views=None):
+        with self.official_text_path():
+            return self.model(images)
+
+
 REFERENCES = {"CoOp": CoOpReference, "CoCoOp": CoCoOpReference, "MaPLe": MaPLeReference,
-              "GOPro": GOProReference}
+              "GOPro": GOProReference, "VPT": ModelReference, "IVLP": ModelReference,
+              "KgCoOp": ModelReference, "ProGrad": ModelReference, "PromptSRC": ModelReference}
 
 
 def reference_for(trainer_name: str, model: nn.Module, clip_model: nn.Module) -> _Reference:

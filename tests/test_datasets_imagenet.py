@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from gopro_prompts.registry import register_all
-from gopro_prompts.dassl_compat import DATASET_REGISTRY, Datum, get_cfg_default
+from gopro_prompts.dassl_compat import DATASET_REGISTRY, Datum
 from gopro_prompts.datasets.coop_common import DatasetNotFoundError, ImageNotFoundError
 from gopro_prompts.datasets.datum_pickle import load_datum_pickle
-from helpers import touch_jpeg
+from helpers import dataset_cfg, touch_jpeg
 
 register_all()  # our datasets and trainers in the backend's registries
 
@@ -26,12 +26,7 @@ def write_classnames(folder):
 
 
 def build(root, name, shots=-1, seed=1, subsample="all"):
-    cfg = get_cfg_default()
-    cfg.DATASET.SUBSAMPLE_CLASSES = subsample
-    cfg.DATASET.ROOT = str(root)
-    cfg.DATASET.NAME = name
-    cfg.DATASET.NUM_SHOTS = shots
-    cfg.SEED = seed
+    cfg = dataset_cfg(root, name, shots, seed, subsample)
     random.seed(seed)
     return DATASET_REGISTRY.get(name)(cfg)
 

@@ -14,21 +14,14 @@ import pytest
 from scipy.io import savemat
 
 from gopro_prompts.registry import register_all
-from gopro_prompts.dassl_compat import DATASET_REGISTRY, get_cfg_default
+from gopro_prompts.dassl_compat import DATASET_REGISTRY
 from gopro_prompts.datasets.coop_common import DatasetNotFoundError, ImageNotFoundError
-from helpers import touch_jpeg
+from helpers import dataset_cfg, touch_jpeg
 
 register_all()  # our datasets and trainers in the backend's registries
 
 
-def make_cfg(root, name, shots=-1, seed=1, subsample="all"):
-    cfg = get_cfg_default()
-    cfg.DATASET.SUBSAMPLE_CLASSES = subsample
-    cfg.DATASET.ROOT = str(root)
-    cfg.DATASET.NAME = name
-    cfg.DATASET.NUM_SHOTS = shots
-    cfg.SEED = seed
-    return cfg
+make_cfg = dataset_cfg
 
 
 def build(root, name, shots=-1, seed=1, subsample="all"):

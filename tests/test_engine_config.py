@@ -62,11 +62,12 @@ DATASET:
   NAME: "OxfordPets"
 """
 
-# Shaped like CoOp's configs/trainers/CoOp/vit_b16_ep50.yaml (values as in the repo).
-COOP_TRAINER_YAML = """\
+def _trainer_yaml(batch, lr, epochs, print_freq):
+    """A trainer YAML shaped like the official CoOp / MaPLe ones (their shared INPUT block and schedule)."""
+    return f"""\
 DATALOADER:
   TRAIN_X:
-    BATCH_SIZE: 32
+    BATCH_SIZE: {batch}
   TEST:
     BATCH_SIZE: 100
   NUM_WORKERS: 8
@@ -80,53 +81,27 @@ INPUT:
 
 OPTIM:
   NAME: "sgd"
-  LR: 0.002
-  MAX_EPOCH: 50
+  LR: {lr}
+  MAX_EPOCH: {epochs}
   LR_SCHEDULER: "cosine"
   WARMUP_EPOCH: 1
   WARMUP_TYPE: "constant"
   WARMUP_CONS_LR: 1e-5
 
 TRAIN:
-  PRINT_FREQ: 5
+  PRINT_FREQ: {print_freq}
 
 MODEL:
   BACKBONE:
     NAME: "ViT-B/16"
 """
 
+
+# Shaped like CoOp's configs/trainers/CoOp/vit_b16_ep50.yaml (values as in the repo).
+COOP_TRAINER_YAML = _trainer_yaml(batch=32, lr=0.002, epochs=50, print_freq=5)
+
 # Shaped like MaPLe's configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml.
-MAPLE_TRAINER_YAML = """\
-DATALOADER:
-  TRAIN_X:
-    BATCH_SIZE: 4
-  TEST:
-    BATCH_SIZE: 100
-  NUM_WORKERS: 8
-
-INPUT:
-  SIZE: (224, 224)
-  INTERPOLATION: "bicubic"
-  PIXEL_MEAN: [0.48145466, 0.4578275, 0.40821073]
-  PIXEL_STD: [0.26862954, 0.26130258, 0.27577711]
-  TRANSFORMS: ["random_resized_crop", "random_flip", "normalize"]
-
-OPTIM:
-  NAME: "sgd"
-  LR: 0.0035
-  MAX_EPOCH: 5
-  LR_SCHEDULER: "cosine"
-  WARMUP_EPOCH: 1
-  WARMUP_TYPE: "constant"
-  WARMUP_CONS_LR: 1e-5
-
-TRAIN:
-  PRINT_FREQ: 20
-
-MODEL:
-  BACKBONE:
-    NAME: "ViT-B/16"
-
+MAPLE_TRAINER_YAML = _trainer_yaml(batch=4, lr=0.0035, epochs=5, print_freq=20) + """
 TRAINER:
   MAPLE:
     N_CTX: 2

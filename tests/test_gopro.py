@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import parity
 from gopro_prompts import train
-from helpers import last_accuracy
+from helpers import assert_beats_chance, env_report_skipped, last_accuracy
 from gopro_prompts.trainers.config import default_cfg
 from gopro_prompts.trainers.gopro import GOProModel, layer_statistics, nt_xent
 from gopro_prompts.user_errors import UserError
@@ -298,25 +298,31 @@ def test_parity_with_the_official_gopro(parity_fixtures):
 # ----------------------------------------------------------------------------
 # the trainer end to end on the offline default
 # ----------------------------------------------------------------------------
+@pytest.fixture
+def _no_env_report():
+    with env_report_skipped():  # seconds per run
+        yield
+
+
 def _log(path):
     return (path / "log.txt").read_text()
 
 
-def test_base_trained_model_evaluates_on_new_classes_and_other_label_spaces(tmp_path, synthetic_root):
+def test_base_trained_model_evaluates_on_other_label_spaces_and_domains(tmp_path, synthetic_root, _no_env_report):
+    """A full (one-epoch) run, then cross-dataset and domain-generalisation evaluations.
+
+    One training step, the checkpoint's contents and base-to-new evaluation are checked for
+    every trainer in tests/test_contract.py.
+    """
     flags = ["--trainer", "GOPro"]
     out = tmp_path / "base"
     trainer = train.main([*flags, "--output-dir", str(out), *FAST, "DATASET.SUBSAMPLE_CLASSES", "base"])
     log = _log(out)
     assert "ce " in log and "sem " in log and "con " in log  # the named terms are logged
     assert trainer.train_loader_x.dataset.gopro_views
-    ckpt = out / "gopro" / "model.pth.tar-1"
-    assert ckpt.is_file()
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    assert "token_prefix" not in state and "ctx" in state and "sim_proj.bn.running_var" in state
 
     evaluate = [*flags, "--model-dir", str(out), "--load-epoch", "1", "--eval-only"]
     for name, opts, n_cls in [
-        ("new", ["DATASET.SUBSAMPLE_CLASSES", "new"], 6),           # base-to-new
         ("all", [], 12),                                            # another label space (cross-dataset)
         ("dg", ["DATASET.TARGET_DOMAINS", "['sketch']"], 12),       # another domain (DG)
     ]:
@@ -324,10 +330,12 @@ def test_base_trained_model_evaluates_on_new_classes_and_other_label_spaces(tmp_
         log = _log(tmp_path / name)
         assert "Loading weights to gopro" in log
         assert f"# classes  {n_cls}" in log
-        assert 0.0 <= acc <= 100.0 and f"{acc:.1f}" == f"{last_accuracy(log):.1f}"
+        assert f"{acc:.1f}" == f"{last_accuracy(log):.1f}"
+        # seeds 1-3 measured 47-49% (all) and 41-42% (sketch) against 8.3% chance
+        assert_beats_chance(acc, n_cls, factor=3)
 
 
-def test_batch_size_one_is_a_clear_error(tmp_path, synthetic_root, capfd):
+def test_batch_size_one_is_a_clear_error(tmp_path, synthetic_root, capfd, _no_env_report):
     code = train.cli(["--trainer", "GOPro", "--output-dir", str(tmp_path),
                       "DATALOADER.TRAIN_X.BATCH_SIZE", "1"])
     assert code == 2

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import last_accuracy
+from helpers import assert_beats_chance, last_accuracy
 from gopro_prompts import dassl_compat
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["MODEL.BACKBONE.NAME", "tiny", "INPUT.SIZE", "(32, 32)", "OPTIM.MAX_EPOCH", "1",
+#: the tiny CLIP pretrained on the generated shapes (the random "tiny" one classifies at chance, so
+#: its accuracy would say nothing about the evaluation), one short epoch
+TINY = ["MODEL.BACKBONE.NAME", "tiny-synthetic", "INPUT.SIZE", "(32, 32)", "OPTIM.MAX_EPOCH", "1",
         "DATALOADER.NUM_WORKERS", "0", "TRAINER.GOPRO.PREC", "fp32"]
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
@@ -45,7 +47,8 @@ def test_base2new_scripts_train_then_evaluate_new_classes(tmp_path, env):
     test_log = (tmp_path / "base2new/test_new" / tail / "log.txt").read_text()
     assert "Loading weights to gopro" in test_log and "model.pth.tar-1" in test_log
     assert "# classes  6" in test_log
-    assert 0.0 <= last_accuracy(test_log) <= 100.0
+    # seeds 1-3 measured 75-77% on the 6 new classes (chance 16.7%)
+    assert_beats_chance(last_accuracy(test_log), 6, factor=3)
     # a finished job is skipped, as in the official scripts
     assert "so skip this job" in run("base2new_train.sh", "synthetic_shapes", "1", env=env)
 
@@ -57,4 +60,6 @@ def test_cross_dataset_scripts_use_the_cross_dataset_config(tmp_path, env):
     run("xd_test.sh", "synthetic_shapes", "1", "DATASET.TARGET_DOMAINS", "['cartoon']", env=env)
     log = (tmp_path / "evaluation/GOPro/vit_b16_cross_datasets_2shots/synthetic_shapes/seed1/log.txt").read_text()
     assert "TEXT_BATCH_SIZE: 10000" in log and "Loading weights to gopro" in log
-    assert 0.0 <= last_accuracy(log) <= 100.0
+    assert "# classes  12" in log
+    # seeds 1-3 measured 57-61% on the cartoon domain's 12 classes (chance 8.3%)
+    assert_beats_chance(last_accuracy(log), 12, factor=3)

@@ -197,3 +197,19 @@ def test_clip_is_loaded_privately_whatever_clip_means_on_the_path(tmp_path):
         assert facts["host_clip"] is True
         assert "site-packages" in facts["ours"] and str(tmp_path) not in facts["ours"]
         assert facts["width"] == 64
+
+
+def test_the_bundled_backend_imports_none_of_real_dassls_packages(synthetic_root, tmp_path):
+    """CI installs requirements-dassl.txt beside requirements.txt for its two parallel legs: a run on
+    the bundled engine must still need nothing that only real Dassl needs (requirements.txt suffices)."""
+    code = (
+        "import sys; from gopro_prompts import train; "
+        f"train.main(['--trainer', 'CoOp', '--output-dir', {str(tmp_path / 'run')!r}, "
+        "'OPTIM.MAX_EPOCH', '1', 'DATASET.NUM_SHOTS', '1']); "
+        "print('IMPORTED', sorted({m.split('.')[0] for m in sys.modules} & {'dassl', 'sklearn', 'wilds', 'pandas'}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(DASSL_BACKEND="bundled", PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "IMPORTED []" in result.stdout, result.stdout[-500:]

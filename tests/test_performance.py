@@ -22,6 +22,7 @@ from gopro_prompts.trainers.clip_helpers import (
 )
 from gopro_prompts.trainers.config import default_cfg
 from gopro_prompts.trainers.prompts import assemble_per_image, build_prompt_parts
+from helpers import assert_beats_chance, env_report_skipped
 from tests.reference_paths import full_length_suffix, reference_for
 
 register_all()  # our datasets and trainers in the backend's registries
@@ -230,8 +231,9 @@ def test_frozen_encoders_keep_no_activations(tiny_clip):
 def test_trainer_test_runs_in_inference_mode(tmp_path, synthetic_root):
     from gopro_prompts import train
 
-    trainer = train.main(["--trainer", "CoOp", "--output-dir", str(tmp_path),
-                          "--no-train", "DATASET.NUM_SHOTS", "1"])
+    with env_report_skipped():
+        trainer = train.main(["--trainer", "CoOp", "--output-dir", str(tmp_path),
+                              "--no-train", "DATASET.NUM_SHOTS", "1"])
     seen = []
     forward = trainer.model.forward
 
@@ -242,7 +244,8 @@ def test_trainer_test_runs_in_inference_mode(tmp_path, synthetic_root):
     trainer.model.forward = spy
     accuracy = trainer.test()
     assert seen and all(mode == (True, False) for mode in seen)
-    assert 0.0 <= accuracy <= 100.0
+    # untrained CoOp with CTX_INIT "a photo of a" is CLIP's zero-shot classifier: 47.5% (chance 8.3%)
+    assert_beats_chance(accuracy, trainer.dm.num_classes, factor=3)
     # training still works after an inference-mode evaluation (no inference tensors leak)
     trainer.model.forward = forward
     batch = next(iter(trainer.train_loader_x))

@@ -245,7 +245,7 @@ def test_every_trainer_config_merges():
         if path.parent.name not in ("CoOp", "CoCoOp", "MaPLe"):
             continue
         cfg = default_cfg()
-        cfg.merge_from_file(str(path))
+        cfg.merge_from_file(str(path))  # plain yacs, as the official train.py merges them
         assert cfg.INPUT.INTERPOLATION == "bicubic" and cfg.DATALOADER.NUM_WORKERS == 8
         assert list(cfg.INPUT.PIXEL_MEAN) == [0.48145466, 0.4578275, 0.40821073]
         if path.stem != "rn50_val":
@@ -277,10 +277,11 @@ def test_synthetic_benchmark_runs_gopro_beside_the_others(tmp_path, jobs):
                 if line.startswith("(dry run) ") and " train.py " in line}
 
     # the final pass covers every method (in a real run, every job is then already finished and skipped)
-    assert trainers(result.stdout) == {"ZeroshotCLIP", "CoOp", "CoCoOp", "MaPLe", "GOPro"}
+    others = {"ZeroshotCLIP", "CoOp", "CoCoOp", "KgCoOp", "ProGrad", "VPT", "IVLP", "MaPLe", "PromptSRC"}
+    assert trainers(result.stdout) == others | {"GOPro"}
     logs = tmp_path / "out" / "logs"
     if jobs == "1":
         assert not logs.exists()
     else:
         assert trainers((logs / "GOPro.log").read_text()) == {"GOPro"}
-        assert trainers((logs / "others.log").read_text()) == {"ZeroshotCLIP", "CoOp", "CoCoOp", "MaPLe"}
+        assert trainers((logs / "others.log").read_text()) == others

@@ -7,10 +7,16 @@ from pathlib import Path
 import pytest
 
 from gopro_prompts import dassl_compat, train
-from helpers import last_accuracy
+from helpers import assert_beats_chance, env_report_skipped, last_accuracy
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "2"]
+
+
+@pytest.fixture(autouse=True)
+def _no_env_report():
+    with env_report_skipped():  # seconds per run (the subprocess runs of test_gopro_scripts still make it)
+        yield
 
 
 def _log(out_dir):
@@ -26,6 +32,8 @@ def test_train_then_eval_only_gives_the_same_accuracy(trainer_name, tmp_path, sy
     assert f"Dassl backend: {dassl_compat.BACKEND}" in log  # the backend this leg runs on
     assert "Finish training" in log
     trained = last_accuracy(log)
+    # one epoch (at the warm-up LR) stays near CLIP's zero-shot 47.5%: seeds 1-3 gave 43-49% (chance 8.3%)
+    assert_beats_chance(trained, 12, factor=3)
     from gopro_prompts.dassl_compat import TRAINER_REGISTRY
 
     model_name = TRAINER_REGISTRY.get(trainer_name).MODEL_NAME
@@ -52,7 +60,9 @@ def test_zeroshot_only_evaluates(extra, tmp_path, synthetic_root):
                 "DATASET.NUM_SHOTS", "2"])
     log = _log(out)
     assert "epoch [" not in log
-    assert 0.0 <= last_accuracy(log) <= 100.0
+    assert "# classes  12" in log
+    # the tiny CLIP pretrained on the generated shapes: 47.5% zero-shot on its 12 classes (chance 8.3%)
+    assert_beats_chance(last_accuracy(log), 12, factor=3)
     assert not list(out.glob("*/model.pth.tar-*"))
 
 
@@ -115,7 +125,7 @@ def test_every_config_file_merges():
     assert any("datasets" in str(f) for f in files) and any("trainers" in str(f) for f in files)
     for path in files:
         cfg = default_cfg()
-        cfg.merge_from_file(str(path))
+        train._merge_file(cfg, str(path), "config file")  # as train.py merges them (CTX_INIT: str or bool)
 
 
 def test_input_size_mismatch_is_explained(capfd, tmp_path, synthetic_root):

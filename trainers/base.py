@@ -14,8 +14,9 @@ saved, and :meth:`ClipTrainer.load_model` drops them from checkpoints written
 by the official code, so a model trained on base classes evaluates on new ones.
 
 Checkpoints (writing, resuming, loading, their checks) are in
-``trainers/checkpoints.py``; pre-emption (SIGTERM / SIGUSR1) in
-``trainers/preemption.py``; both are mixed into :class:`ClipTrainer`.
+``trainers/checkpoints.py``, pre-emption (SIGTERM / SIGUSR1) in
+``trainers/preemption.py``, multi-process training and evaluation in
+``trainers/distributed.py``: each is a mixin of :class:`ClipTrainer`.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from gopro_prompts.trainers import distributed, preemption
 from gopro_prompts.trainers.checkpoints import CheckpointMixin
 from gopro_prompts.trainers.clip_helpers import PRECISIONS, Precision, load_clip
 from gopro_prompts.trainers.data import DatasetWrapper
+from gopro_prompts.trainers.distributed import DistributedMixin
 from gopro_prompts.trainers.method import freeze_all_but_learnable, training_step
 from gopro_prompts.trainers.preemption import PreemptionMixin
 from gopro_prompts.user_errors import UserError
@@ -41,7 +43,7 @@ logger = get_logger("trainer")
 BUILTIN_CLIP_SEED = 0
 
 
-class ClipTrainer(PreemptionMixin, CheckpointMixin, TrainerX):
+class ClipTrainer(PreemptionMixin, CheckpointMixin, DistributedMixin, TrainerX):
     """Common build / train / evaluate / checkpoint logic of our CLIP trainers."""
 
     #: name of the trainer's config node under TRAINER (e.g. "COOP")
@@ -116,31 +118,6 @@ class ClipTrainer(PreemptionMixin, CheckpointMixin, TrainerX):
         self.scaler = self.precision.grad_scaler()
         self._setup_parallel()
 
-    def _setup_parallel(self):
-        """DistributedDataParallel under torchrun (trainers/distributed.py), else one device.
-
-        Replaces the official trainers' ``nn.DataParallel``: the registered
-        (checkpointed) module stays the plain learnable module.
-        """
-        self._train_forward = self.model.forward_train
-        if not distributed.is_distributed():
-            n_gpus = torch.cuda.device_count() if self.device.type == "cuda" else 0
-            if n_gpus > 1:
-                logger.info(
-                    "%d GPUs are visible but this run uses one: launch with `torchrun --nproc_per_node=%d "
-                    "train.py ...` to train on all of them (DistributedDataParallel)", n_gpus, n_gpus,
-                )
-            return
-        self._train_forward = distributed.wrap_ddp(self.model, self.device)
-        world = distributed.get_world_size()
-        if world > 1:
-            self.train_loader_x = distributed.shard_train_loader(self.train_loader_x, seed=self.cfg.SEED)
-        logger.info(
-            "DistributedDataParallel over %d process(es): %d training images per process and step "
-            "(%d per optimiser step)", world, self.train_loader_x.batch_size,
-            world * self.train_loader_x.batch_size,
-        )
-
     # ---------------------------------------------------------------- training
     def parse_batch_train(self, batch):
         images = batch["img"].to(self.device, non_blocking=True)
@@ -151,10 +128,6 @@ class ClipTrainer(PreemptionMixin, CheckpointMixin, TrainerX):
         images = batch["img"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
         return images, labels
-
-    def run_epoch(self):
-        distributed.set_epoch(self.train_loader_x, self.epoch)  # reshuffle the DDP shards
-        return super().run_epoch()
 
     def forward_backward(self, batch):
         if self._replay is not None:
@@ -216,46 +189,6 @@ class ClipTrainer(PreemptionMixin, CheckpointMixin, TrainerX):
         if results_capture.final_split(self, split) == "test" and metrics is not None and distributed.is_main_process():
             results_capture.write_trainer_results(self, "test", metrics)
         return result
-
-    def _test_sharded(self, split=None):
-        """Dassl's test loop (``dassl/engine/trainer.py`` ``SimpleTrainer.test``) over this rank's shard; rank 0 evaluates all."""
-        from tqdm import tqdm
-
-        main = distributed.is_main_process()
-        self.set_model_mode("eval")
-        self.evaluator.reset()
-        if split is None:
-            split = self.cfg.TEST.SPLIT
-        if split == "val" and self.val_loader is not None:
-            data_loader = self.val_loader
-        else:
-            split = "test"
-            data_loader = self.test_loader
-        print(f"Evaluate on the *{split}* set")
-
-        outputs, labels = [], []
-        for batch in tqdm(distributed.shard_eval_loader(data_loader), disable=not main):
-            inputs, label = self.parse_batch_test(batch)
-            outputs.append(self.model_inference(inputs).float().cpu())
-            labels.append(label.cpu())
-        shard = (torch.cat(outputs), torch.cat(labels)) if outputs else None
-        gathered = distributed.gather_to_main(shard)
-        result = None
-        if main:
-            for item in gathered:
-                if item is not None:
-                    self.evaluator.process(*item)
-            results = self.evaluator.evaluate()
-            for key, value in results.items():
-                self.write_scalar(f"{split}/{key}", value, self.epoch)
-            result = list(results.values())[0]
-        return distributed.broadcast_from_main(result)
-
-    def init_writer(self, log_dir):
-        """TensorBoard on rank 0 only (every rank under a plain run)."""
-        if distributed.is_main_process():
-            super().init_writer(log_dir)
-
 
 def check_input_size(cfg, clip_model):
     """A ViT only accepts its own input resolution: say so before a shape error deep inside."""

@@ -564,7 +564,8 @@ def encode_class_texts(clip_model: nn.Module, classnames: Sequence[str], templat
     """
     names = [clean_classname(c) for c in classnames]
     device = clip_model.token_embedding.weight.device
-    upcast = fp32 and clip_model.token_embedding.weight.dtype != torch.float32
+    # CLIP's convert_weights (PREC fp16) leaves the token embedding in fp32: test a converted weight
+    upcast = fp32 and clip_model.text_projection.dtype != torch.float32
     tower = _Fp32TextTower(clip_model) if upcast else None
     encoder = TextEncoder(tower) if upcast else None
     feats = []

@@ -33,24 +33,6 @@ def register_trainer_config(node_name: str):
     return wrap
 
 
-@register_trainer_config("IVLP")
-def _ivlp(node):  # MaPLe repository node (not a trainer here); kept so its YAMLs merge
-    node.N_CTX_VISION = 2
-    node.N_CTX_TEXT = 2
-    node.CTX_INIT = "a photo of a"
-    node.PREC = "fp16"
-    node.PROMPT_DEPTH_VISION = 9
-    node.PROMPT_DEPTH_TEXT = 9
-
-
-@register_trainer_config("VPT")
-def _vpt(node):  # MaPLe repository node (not a trainer here); kept so its YAMLs merge
-    node.N_CTX_VISION = 2
-    node.CTX_INIT = "a photo of a"
-    node.PREC = "fp16"
-    node.PROMPT_DEPTH_VISION = 1
-
-
 #: keys outside TRAINER that our code reads and Dassl's defaults lack: key path -> default
 EXTRA_KEYS = {
     ("MODEL", "BACKBONE", "PATH"): "",  # a local CLIP file, instead of MODEL.BACKBONE.NAME
@@ -85,6 +67,23 @@ def accept_str_or_bool(cfg: CN, values: Dict[str, object]) -> None:
                 if node.is_frozen():
                     continue
                 node[leaf] = new
+
+
+def merge_config_file(cfg: CN, path: str) -> None:
+    """``cfg.merge_from_file(path)``, where a :data:`STR_OR_BOOL_KEYS` key may change between str and bool."""
+    import yaml
+
+    with open(path) as f:
+        content = yaml.safe_load(f)
+    values = {}
+    for key in STR_OR_BOOL_KEYS:
+        node = content
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            values[key] = node
+    accept_str_or_bool(cfg, values)
+    cfg.merge_from_file(path)
 
 
 def add_missing_keys(cfg: CN, nodes=None) -> CN:

@@ -37,6 +37,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from gopro_prompts.bundled_dassl.engine import eval_split_loader
 from gopro_prompts.dassl_compat import get_logger
 from gopro_prompts.user_errors import UserError
 
@@ -226,3 +227,72 @@ def broadcast_from_main(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+# ----------------------------------------------------------------------------
+# the trainer side (mixed into trainers.base.ClipTrainer)
+# ----------------------------------------------------------------------------
+class DistributedMixin:
+    """DistributedDataParallel training, sharded evaluation and rank-0 TensorBoard for ClipTrainer."""
+
+    def _setup_parallel(self):
+        """DistributedDataParallel under torchrun, else one device.
+
+        Replaces the official trainers' ``nn.DataParallel``: the registered
+        (checkpointed) module stays the plain learnable module.
+        """
+        self._train_forward = self.model.forward_train
+        if not is_distributed():
+            n_gpus = torch.cuda.device_count() if self.device.type == "cuda" else 0
+            if n_gpus > 1:
+                logger.info(
+                    "%d GPUs are visible but this run uses one: launch with `torchrun --nproc_per_node=%d "
+                    "train.py ...` to train on all of them (DistributedDataParallel)", n_gpus, n_gpus,
+                )
+            return
+        self._train_forward = wrap_ddp(self.model, self.device)
+        world = get_world_size()
+        if world > 1:
+            self.train_loader_x = shard_train_loader(self.train_loader_x, seed=self.cfg.SEED)
+        logger.info(
+            "DistributedDataParallel over %d process(es): %d training images per process and step "
+            "(%d per optimiser step)", world, self.train_loader_x.batch_size,
+            world * self.train_loader_x.batch_size,
+        )
+
+    def run_epoch(self):
+        set_epoch(self.train_loader_x, self.epoch)  # reshuffle the DDP shards
+        return super().run_epoch()
+
+    def _test_sharded(self, split=None):
+        """Dassl's test loop (``dassl/engine/trainer.py`` ``SimpleTrainer.test``) over this rank's shard; rank 0 evaluates all."""
+        from tqdm import tqdm
+
+        main = is_main_process()
+        self.set_model_mode("eval")
+        self.evaluator.reset()
+        split, data_loader = eval_split_loader(self, split)
+        print(f"Evaluate on the *{split}* set")
+
+        outputs, labels = [], []
+        for batch in tqdm(shard_eval_loader(data_loader), disable=not main):
+            inputs, label = self.parse_batch_test(batch)
+            outputs.append(self.model_inference(inputs).float().cpu())
+            labels.append(label.cpu())
+        shard = (torch.cat(outputs), torch.cat(labels)) if outputs else None
+        gathered = gather_to_main(shard)
+        result = None
+        if main:
+            for item in gathered:
+                if item is not None:
+                    self.evaluator.process(*item)
+            results = self.evaluator.evaluate()
+            for key, value in results.items():
+                self.write_scalar(f"{split}/{key}", value, self.epoch)
+            result = list(results.values())[0]
+        return broadcast_from_main(result)
+
+    def init_writer(self, log_dir):
+        """TensorBoard on rank 0 only (every rank under a plain run)."""
+        if is_main_process():
+            super().init_writer(log_dir)

@@ -46,7 +46,7 @@ METRIC_OF_KEYWORD = {"accuracy": "accuracy", "error": "error_rate", "macro_f1": 
 
 #: trainer names of this project and of the official code bases (used to read folder paths)
 KNOWN_TRAINERS = ("ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "MaPLe", "GOPro",
-                  "IVLP", "VPT", "PromptSRC", "KgCoOp", "StyLIP")
+                  "IVLP", "VPT", "PromptSRC", "KgCoOp", "ProGrad", "StyLIP")
 
 OK, UNFINISHED, MISSING = "ok", "unfinished", "missing"
 

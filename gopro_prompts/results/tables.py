@@ -38,7 +38,8 @@ from gopro_prompts.results.published import B2N_DATASETS, DG_TARGETS
 from gopro_prompts.results.runs import Run, canonical_dataset, collect
 
 #: display order of the trainers (others follow alphabetically)
-METHOD_ORDER = ("ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "MaPLe", "GOPro")
+METHOD_ORDER = ("ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "KgCoOp", "ProGrad", "VPT", "IVLP", "MaPLe",
+                "PromptSRC", "GOPro")
 #: the synthetic benchmark (datasets/synthetic_benchmarks.py): SyntheticObjects is the base-to-new
 #: dataset and the source; SyntheticPatterns a cross-dataset target; the style variants are its DG targets
 SYNTHETIC_DATASETS = ("SyntheticObjects", "SyntheticPatterns", "SyntheticShapes")

@@ -83,3 +83,42 @@ def ce_train_step(model, learner, images, labels, prefix=""):
     out = {f"{prefix}loss.ce": terms["ce"].detach()}
     out.update(collect_grads(learner, f"{prefix}grad"))
     return out
+
+
+#: prefix of the keys computed with the official fp16 rounding of inserted prompts
+FP16_CAST = "variant_fp16_prompt_cast."
+
+
+def loaded(fixture, model, **load_kwargs):
+    """The model's prompt learner with the fixture's parameters loaded, and the fixture's images and labels."""
+    learner = model.prompt_learner
+    load_learnables(fixture, learner, **load_kwargs)
+    return learner, fixture["inputs.images"], fixture["inputs.labels"]
+
+
+def standard_keys(fixture, model, more_outputs=()):
+    """What every prompt learner's fixture holds: the evaluation keys, ``loss.ce`` and ``grad.*``;
+    plus ``out.<name>`` for each of the model's named tensors that starts with one of ``more_outputs``."""
+    learner, images, labels = loaded(fixture, model)
+    parts = eval_outputs(model, images)
+    out = eval_keys(fixture, learner, parts)
+    out.update({f"out.{k}": v for k, v in parts.items() if more_outputs and k.startswith(tuple(more_outputs))})
+    out.update(ce_train_step(model, learner, images, labels))
+    return out
+
+
+def fp16_cast_keys(model, images, labels, outputs=("image_features_raw", "text_features_raw", "logits"),
+                   extra=None):
+    """``variant_fp16_prompt_cast.*`` keys: ``outputs``, ``loss.ce``, ``grad.*`` (and ``extra(prefix)``'s)
+    computed with the model's ``fp16_prompt_cast`` on (the official fp16 rounding of inserted prompts)."""
+    learner = model.prompt_learner
+    model.fp16_prompt_cast = True
+    try:
+        parts = eval_outputs(model, images)
+        out = {f"{FP16_CAST}out.{key}": parts[key] for key in outputs}
+        out.update(ce_train_step(model, learner, images, labels, prefix=FP16_CAST))
+        if extra is not None:
+            out.update(extra(FP16_CAST))
+    finally:
+        model.fp16_prompt_cast = False
+    return out

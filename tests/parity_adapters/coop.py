@@ -1,13 +1,8 @@
 """Parity adapter for CoOp (the ``coop.pt`` fixture)."""
 from __future__ import annotations
 
-from parity_adapters.common import ce_train_step, eval_keys, eval_outputs, load_learnables
+from parity_adapters.common import standard_keys
 
 
 def run(fixture, model, cfg, variants):
-    learner = model.prompt_learner
-    load_learnables(fixture, learner)
-    images, labels = fixture["inputs.images"], fixture["inputs.labels"]
-    out = eval_keys(fixture, learner, eval_outputs(model, images))
-    out.update(ce_train_step(model, learner, images, labels))
-    return out
+    return standard_keys(fixture, model)

@@ -6,31 +6,11 @@ rounding of the inserted prompts).
 """
 from __future__ import annotations
 
-from parity_adapters.common import ce_train_step, eval_keys, eval_outputs, load_learnables
-
-VARIANT = "variant_fp16_prompt_cast."
+from parity_adapters.common import fp16_cast_keys, standard_keys
 
 
 def run(fixture, model, cfg, variants):
-    learner = model.prompt_learner
-    load_learnables(fixture, learner)
-    images, labels = fixture["inputs.images"], fixture["inputs.labels"]
-
-    parts = eval_outputs(model, images)
-    out = {
-        **eval_keys(fixture, learner, parts),
-        "out.vision_prompts_layer0": parts["vision_prompts_layer0"],
-        **{f"out.{k}": v for k, v in parts.items() if k.startswith("vision_deep_prompts.")},
-    }
-    out.update(ce_train_step(model, learner, images, labels))
-
+    out = standard_keys(fixture, model, more_outputs=("vision_prompts_layer0", "vision_deep_prompts."))
     if variants:
-        model.fp16_prompt_cast = True
-        try:
-            parts = eval_outputs(model, images)
-            for key in ("image_features_raw", "text_features_raw", "logits"):
-                out[f"{VARIANT}out.{key}"] = parts[key]
-            out.update(ce_train_step(model, learner, images, labels, prefix=VARIANT))
-        finally:
-            model.fp16_prompt_cast = False
+        out.update(fp16_cast_keys(model, fixture["inputs.images"], fixture["inputs.labels"]))
     return out

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# IVLP, cross-dataset / domain generalisation: evaluate the xd_train.sh model on DATASET
+# (a target dataset or imagenetv2 / imagenet_sketch / imagenet_a / imagenet_r; full test split, all classes).
+#
+#   bash scripts/ivlp/xd_test.sh DATASET SEED [KEY VALUE ...]
+#
+# Output: $OUTPUT/evaluation/IVLP/CFG_16shots/DATASET/seedSEED
+#   (model from $OUTPUT/imagenet/IVLP/CFG_16shots/seedSEED)
+# XD_SOURCE (default imagenet) names the training dataset.
+# The model of epoch LOAD_EPOCH is loaded (default: OPTIM.MAX_EPOCH from the extra opts, else the config's,
+# i.e. the last epoch; the official script asks for epoch 2, which its 5-epoch run never saves).
+# Environment: DATA (required: the datasets folder), OUTPUT (default <repo>/output), SHOTS (default 16),
+#   CFG (default vit_b16_c2_ep5_batch4_2+2ctx), PYTHON (default python), DRY_RUN=1 (print the command only), XD_SOURCE, LOAD_EPOCH.
+# Extra KEY VALUE arguments are yacs opts passed to train.py after the script's own (so they win), e.g.
+#   DATA=/tmp/data bash scripts/ivlp/xd_test.sh caltech101 1 MODEL.BACKBONE.NAME tiny INPUT.SIZE "(32, 32)" OPTIM.MAX_EPOCH 1 TRAINER.IVLP.PROMPT_DEPTH_VISION 3 TRAINER.IVLP.PROMPT_DEPTH_TEXT 3
+# A finished run is skipped; an unfinished one resumes (see scripts/_common.sh).
+source "$(dirname "${BASH_SOURCE[0]}")/../_common.sh"
+CFG="${CFG:-vit_b16_c2_ep5_batch4_2+2ctx}"
+usage 2 "DATASET SEED" "$@"
+DATASET=$1 SEED=$2
+shift 2
+xd_test IVLP "$CFG" "$DATASET" "$SEED" "$@"
