@@ -242,6 +242,21 @@ eval_job() {
 # The protocols, shared by every method (TRAINER = the registered trainer name, e.g. CoCoOp)
 # ---------------------------------------------------------------------------------------------------
 
+# run_protocol PROTOCOL TRAINER CFG ARGS...: a method script's whole body.  PROTOCOL is one of the
+# functions below; ARGS are the script's own arguments: DATASET SEED (xd_train: SEED), then the user's
+# KEY VALUE opts.  The method's fixed opts (SCRIPT_OPTS, an array the script may set) go between the
+# protocol's opts and the user's, so that the user's win.
+run_protocol() {
+    local protocol=$1 trainer=$2 cfg=$3
+    shift 3
+    local names="DATASET SEED" n=2
+    [[ "$protocol" == xd_train ]] && names="SEED" n=1
+    usage "$n" "$names" "$@"
+    local positional=("${@:1:$n}")
+    shift "$n"
+    "$protocol" "$trainer" "$cfg" "${positional[@]}" ${SCRIPT_OPTS[@]+"${SCRIPT_OPTS[@]}"} "$@"
+}
+
 # base2new_train TRAINER CFG DATASET SEED [OPTS ...]: train on the base classes.
 base2new_train() {
     local trainer=$1 cfg=$2 dataset=$3 seed=$4

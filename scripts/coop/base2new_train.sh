@@ -11,8 +11,4 @@
 #   DATA=/tmp/data bash scripts/coop/base2new_train.sh oxford_pets 1 MODEL.BACKBONE.NAME tiny INPUT.SIZE "(32, 32)" OPTIM.MAX_EPOCH 1
 # A finished run is skipped; an unfinished one resumes (see scripts/_common.sh).
 source "$(dirname "${BASH_SOURCE[0]}")/../_common.sh"
-CFG="${CFG:-vit_b16_ep50_ctxv1}"
-usage 2 "DATASET SEED" "$@"
-DATASET=$1 SEED=$2
-shift 2
-base2new_train CoOp "$CFG" "$DATASET" "$SEED" "$@"
+run_protocol base2new_train CoOp "${CFG:-vit_b16_ep50_ctxv1}" "$@"

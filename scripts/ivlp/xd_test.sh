@@ -15,8 +15,4 @@
 #   DATA=/tmp/data bash scripts/ivlp/xd_test.sh caltech101 1 MODEL.BACKBONE.NAME tiny INPUT.SIZE "(32, 32)" OPTIM.MAX_EPOCH 1 TRAINER.IVLP.PROMPT_DEPTH_VISION 3 TRAINER.IVLP.PROMPT_DEPTH_TEXT 3
 # A finished run is skipped; an unfinished one resumes (see scripts/_common.sh).
 source "$(dirname "${BASH_SOURCE[0]}")/../_common.sh"
-CFG="${CFG:-vit_b16_c2_ep5_batch4_2+2ctx}"
-usage 2 "DATASET SEED" "$@"
-DATASET=$1 SEED=$2
-shift 2
-xd_test IVLP "$CFG" "$DATASET" "$SEED" "$@"
+run_protocol xd_test IVLP "${CFG:-vit_b16_c2_ep5_batch4_2+2ctx}" "$@"

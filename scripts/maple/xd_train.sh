@@ -11,8 +11,4 @@
 #   DATA=/tmp/data bash scripts/maple/xd_train.sh 1 MODEL.BACKBONE.NAME tiny INPUT.SIZE "(32, 32)" OPTIM.MAX_EPOCH 1
 # A finished run is skipped; an unfinished one resumes (see scripts/_common.sh).
 source "$(dirname "${BASH_SOURCE[0]}")/../_common.sh"
-CFG="${CFG:-vit_b16_c2_ep5_batch4_2ctx_cross_datasets}"
-usage 1 "SEED" "$@"
-SEED=$1
-shift 1
-xd_train MaPLe "$CFG" "$SEED" "$@"
+run_protocol xd_train MaPLe "${CFG:-vit_b16_c2_ep5_batch4_2ctx_cross_datasets}" "$@"

@@ -14,8 +14,4 @@
 #     TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION 3 TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT 3
 # A finished run is skipped; an unfinished one resumes (see scripts/_common.sh).
 source "$(dirname "${BASH_SOURCE[0]}")/../_common.sh"
-CFG="${CFG:-vit_b16_c2_ep20_batch4_4+4ctx}"
-usage 2 "DATASET SEED" "$@"
-DATASET=$1 SEED=$2
-shift 2
-base2new_test PromptSRC "$CFG" "$DATASET" "$SEED" "$@"
+run_protocol base2new_test PromptSRC "${CFG:-vit_b16_c2_ep20_batch4_4+4ctx}" "$@"

@@ -13,8 +13,4 @@
 # xd scripts name a vit_b16_c2_ep5_... file that its repository does not have).
 # A finished run is skipped; an unfinished one resumes (see scripts/_common.sh).
 source "$(dirname "${BASH_SOURCE[0]}")/../_common.sh"
-CFG="${CFG:-vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets}"
-usage 1 "SEED" "$@"
-SEED=$1
-shift 1
-xd_train PromptSRC "$CFG" "$SEED" "$@"
+run_protocol xd_train PromptSRC "${CFG:-vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets}" "$@"

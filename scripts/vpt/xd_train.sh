@@ -13,8 +13,4 @@
 #   DATA=/tmp/data bash scripts/vpt/xd_train.sh 1 MODEL.BACKBONE.NAME tiny INPUT.SIZE "(32, 32)" OPTIM.MAX_EPOCH 1 TRAINER.VPT.PROMPT_DEPTH_VISION 3
 # A finished run is skipped; an unfinished one resumes (see scripts/_common.sh).
 source "$(dirname "${BASH_SOURCE[0]}")/../_common.sh"
-CFG="${CFG:-vit_b16_c2_ep5_batch4_4}"
-usage 1 "SEED" "$@"
-SEED=$1
-shift 1
-xd_train VPT "$CFG" "$SEED" "$@"
+run_protocol xd_train VPT "${CFG:-vit_b16_c2_ep5_batch4_4}" "$@"
