@@ -559,23 +559,25 @@ def encode_class_texts(clip_model: nn.Module, classnames: Sequence[str], templat
 
     Returns [T, C, E] in float32, not normalised (callers combine the templates their own way).
     ``fp32=False`` runs CLIP's ``encode_text`` in the model's own dtype (the official zero-shot
-    CLIP); ``fp32=True`` computes in fp32 whatever the weights are: an fp16 model's text tower is
-    upcast into a temporary copy, which equals the separate fp32 CLIP the official teachers load.
+    CLIP); ``fp32=True`` computes in fp32 whatever the weights are (an fp16 model's text tower is
+    upcast into a temporary copy, which equals the separate fp32 CLIP the official teachers load),
+    with :class:`TextEncoder` on the prompts cut after their longest end-of-text token.
     """
     names = [clean_classname(c) for c in classnames]
     device = clip_model.token_embedding.weight.device
-    # CLIP's convert_weights (PREC fp16) leaves the token embedding in fp32: test a converted weight
-    upcast = fp32 and clip_model.text_projection.dtype != torch.float32
-    tower = _Fp32TextTower(clip_model) if upcast else None
-    encoder = TextEncoder(tower) if upcast else None
+    tower = None
+    if fp32:  # our TextEncoder, each prompt cut after its longest end-of-text (exact: the mask is causal)
+        # CLIP's convert_weights (PREC fp16) leaves the token embedding in fp32: test a converted weight
+        tower = _Fp32TextTower(clip_model) if clip_model.text_projection.dtype != torch.float32 else clip_model
+        encoder = TextEncoder(tower)
     feats = []
     for template in templates:
         tokens = tokenize([template.format(n) for n in names]).to(device)
-        if encoder is None:
+        if tower is None:
             feats.append(clip_model.encode_text(tokens).float())
         else:
             n_tokens = truncation_length(tokens)
-            feats.append(encoder(tower.token_embedding(tokens[:, :n_tokens]), tokens).float())
+            feats.append(encoder(tower.token_embedding(tokens[:, :n_tokens]).float(), tokens).float())
     return torch.stack(feats)
 
 
