@@ -35,16 +35,19 @@ def test_dry_run_uses_each_method_s_official_config_and_the_same_seeds(tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     commands = [line for line in out.splitlines() if line.startswith("(dry run)") and "train.py" in line]
-    # zero-shot CLIP: base and new once; 4 methods x 2 seeds x (train + test)
-    assert len(commands) == 2 + 4 * 2 * 2
+    # zero-shot CLIP: base and new once; 9 methods x 2 seeds x (train + test)
+    assert len(commands) == 2 + 9 * 2 * 2
     for config in ("CoOp/vit_b16_ep50_ctxv1", "CoCoOp/vit_b16_c4_ep10_batch1_ctxv1",
-                   "MaPLe/vit_b16_c2_ep5_batch4_2ctx", "GOPro/vit_b16"):
+                   "MaPLe/vit_b16_c2_ep5_batch4_2ctx", "GOPro/vit_b16", "KgCoOp/vit_b16_ep100_ctxv1",
+                   "ProGrad/vit_b16_ep100_ctxv1", "VPT/vit_b16_c2_ep5_batch4_4", "IVLP/vit_b16_c2_ep5_batch4_2+2ctx",
+                   "PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx"):
         assert sum(f"configs/trainers/{config}.yaml" in c for c in commands) == 4, config
     zero_shot = [c for c in commands if "--trainer ZeroshotCLIP" in c]
     assert len(zero_shot) == 2 and all("configs/trainers/CoOp/vit_b16.yaml" in c for c in zero_shot)
     assert all("--seed 1 " in c or "--seed 2 " in c for c in commands)
     assert "not_a_config" not in out  # CFG is not applied to every method
-    assert "--trainers ZeroshotCLIP,CoOp,CoCoOp,MaPLe,GOPro --seeds 1,2 --shots 16" in out
+    assert ("--trainers ZeroshotCLIP,CoOp,CoCoOp,KgCoOp,ProGrad,VPT,IVLP,MaPLe,PromptSRC,GOPro --seeds 1,2 "
+            "--shots 16") in out
 
 
 def test_offline_preset_uses_the_pretrained_tiny_clip_and_later_opts_win(tmp_path):
