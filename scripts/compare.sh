@@ -221,6 +221,15 @@ else
     done
     ROOTS=("$OUTPUT/$SOURCE" "$OUTPUT/evaluation")
     TABLE_ARGS=(--source "$SOURCE" --datasets "$DATASETS")
+    # the table lists the trainers that have cross-dataset runs (not those skipped above)
+    kept=()
+    for trainer in "${TRAINER_LIST[@]}"; do
+        case "$trainer" in
+            ZeroshotCLIP | ZeroshotCLIP2 | CoOp) kept+=("$trainer") ;;
+            *) [[ -f "$(script_dir "$trainer")/xd_train.sh" ]] && kept+=("$trainer") ;;
+        esac
+    done
+    TRAINERS=$(IFS=,; echo "${kept[*]}")
 fi
 
 if [[ -n "${DRY_RUN:-}" ]]; then
