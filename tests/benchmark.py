@@ -330,16 +330,15 @@ def run_trainer(name, opts):
 
     loss_of = model.total_loss
 
+    train_forwards = {"ours": model.forward_train, "reference": reference.train_forward}
+
     def forward_train(path):
         with precision.autocast():
-            if path == "ours":
-                return model.forward_train(train_inputs, labels)
-            return reference.train_forward(train_inputs, labels)
+            return train_forwards[path](train_inputs, labels)
 
     def train_step(path):  # the trainer's step (trainers/method.py), on our forward or the reference one
         learnable.train()
-        forward = model.forward_train if path == "ours" else reference.train_forward
-        training_step(model, train_inputs, labels, optim, precision, scaler, forward=forward)
+        training_step(model, train_inputs, labels, optim, precision, scaler, forward=train_forwards[path])
 
     def eval_batch_fn(path):
         learnable.eval()

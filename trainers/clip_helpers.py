@@ -539,11 +539,15 @@ def clip_logits(image_features, text_features, logit_scale):
 # hand-crafted class texts (zero-shot classifiers, frozen teachers)
 # ----------------------------------------------------------------------------
 class _Fp32TextTower(nn.Module):
-    """An fp32 copy of CLIP's text tower (token embedding, blocks, ln_final, projection)."""
+    """An fp32 copy of CLIP's text tower (token embedding, blocks, ln_final, projection).
+
+    CLIP's ``convert_weights`` leaves the token embedding in fp32: it is then shared, not copied.
+    """
 
     def __init__(self, clip_model: nn.Module):
         super().__init__()
-        self.token_embedding = copy.deepcopy(clip_model.token_embedding).float()
+        embedding = clip_model.token_embedding
+        self.token_embedding = embedding if embedding.weight.dtype == torch.float32 else copy.deepcopy(embedding).float()
         self.transformer = copy.deepcopy(clip_model.transformer).float()
         self.positional_embedding = nn.Parameter(clip_model.positional_embedding.detach().float().clone(),
                                                  requires_grad=False)
