@@ -191,10 +191,19 @@ class ClipTrainer(PreemptionMixin, CheckpointMixin, DistributedMixin, TrainerX):
         return result
 
 def check_input_size(cfg, clip_model):
-    """A ViT only accepts its own input resolution: say so before a shape error deep inside."""
+    """A ViT only accepts its own input resolution: say so before a shape error deep inside (and warn when
+    INPUT.PIXEL_MEAN / PIXEL_STD differ from the normalisation an open_clip model was trained with)."""
     resolution = clip_model.visual.input_resolution
     if hasattr(clip_model.visual, "transformer") and tuple(cfg.INPUT.SIZE) != (resolution, resolution):
         raise UserError(
             f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the backbone's input resolution "
             f"{resolution}: add INPUT.SIZE \"({resolution}, {resolution})\" to the opts"
         )
+    # open_clip models carry the normalisation they were trained with; Dassl's transforms use INPUT.PIXEL_*
+    for key, expected in (("PIXEL_MEAN", getattr(clip_model.visual, "image_mean", None)),
+                          ("PIXEL_STD", getattr(clip_model.visual, "image_std", None))):
+        given = tuple(float(v) for v in cfg.INPUT[key])
+        if expected is not None and (len(given) != len(expected)
+                                     or any(abs(a - b) > 1e-6 for a, b in zip(given, expected))):
+            logger.warning("INPUT.%s %s differs from the %s the backbone was trained with: add INPUT.%s \"%s\" "
+                           "to the opts", key, list(given), list(expected), key, list(expected))

@@ -5,8 +5,10 @@ device; every trainer builds on the encoders defined here:
 
 * :func:`load_clip` -- by name (``ViT-B/16`` ... through the ``clip`` package's
   download cache), from a local file (``MODEL.BACKBONE.PATH``: a JIT archive or
-  a state dict), or a built-in tiny architecture for tests and the offline
-  demo (created deterministically from a seed).
+  a state dict), an open_clip model of CLIP's architecture
+  (``open_clip:ViT-B-16/laion2b_s34b_b88k``, see ``open_clip_backbone.py``),
+  or a built-in tiny architecture for tests and the offline demo (created
+  deterministically from a seed).
 * :class:`Precision` -- PREC (``fp16`` / ``fp32`` / ``amp`` / ``bf16``) resolved
   against the device: weight dtype, autocast context and grad scaler.
 * :class:`TextEncoder` -- CLIP's text transformer over prompt *embeddings*,
@@ -124,16 +126,22 @@ def load_clip(name: str, path: str = "", device="cpu", seed: int = 0) -> nn.Modu
     """Load a CLIP model in fp32 on ``device`` (precision is applied by :class:`Precision`).
 
     ``path`` (``MODEL.BACKBONE.PATH``), when set, wins over the name: a JIT
-    archive or a state dict (OpenAI key names), for offline clusters.
+    archive or a state dict (OpenAI key names), for offline clusters; with an
+    ``open_clip:<architecture>`` name, that architecture's open_clip checkpoint.
     """
+    from gopro_prompts.trainers import open_clip_backbone
+
     clip = _clip()
     if path:
         path = os.path.abspath(os.path.expanduser(path))
         if not os.path.isfile(path):
             raise UserError(
                 f"CLIP weight file not found: {path} (MODEL.BACKBONE.PATH must name a CLIP "
-                "JIT archive or state dict)"
+                "JIT archive or state dict, or the open_clip checkpoint of an open_clip:<architecture> name)"
             )
+    if open_clip_backbone.is_open_clip(name):
+        model = open_clip_backbone.load_open_clip(name, path)
+    elif path:
         model = _load_clip_file(clip, path)
         logger.info("Loaded CLIP weights from %s", path)
     elif name in BUILTIN_CHECKPOINTS:
@@ -150,7 +158,8 @@ def load_clip(name: str, path: str = "", device="cpu", seed: int = 0) -> nn.Modu
     else:
         raise UserError(
             f"Unknown backbone {name!r}: MODEL.BACKBONE.NAME must be one of "
-            f"{', '.join(available_backbones())} (or set MODEL.BACKBONE.PATH to a local CLIP file)"
+            f"{', '.join(available_backbones())}, or open_clip:<architecture>/<pretrained tag> "
+            "(or set MODEL.BACKBONE.PATH to a local CLIP file)"
         )
     model = model.float().eval()
     for p in model.parameters():
@@ -254,7 +263,10 @@ class Precision:
     def apply(self, clip_model: nn.Module) -> nn.Module:
         """Cast CLIP's weights as the precision asks (the official fp16 layout)."""
         if self.weight_dtype == torch.float16:
-            _clip().model.convert_weights(clip_model)
+            if hasattr(clip_model, "convert_to_fp16"):  # an open_clip model: its LayerNorms too
+                clip_model.convert_to_fp16()
+            else:
+                _clip().model.convert_weights(clip_model)
         return clip_model
 
 
@@ -281,8 +293,13 @@ def name_token_length(name: str) -> int:
     return len(_tokenizer().encode(name))
 
 
-def tokenize(texts: Sequence[str]) -> torch.Tensor:
-    """CLIP tokenization (77 tokens, zero padded); too long a text is a clear error."""
+def text_context_length(clip_model: nn.Module) -> int:
+    """The text tower's context length (77 for OpenAI's CLIP), read from its positional embedding."""
+    return int(clip_model.positional_embedding.shape[0])
+
+
+def tokenize(texts: Sequence[str], context_length: int = 77) -> torch.Tensor:
+    """CLIP tokenization (``context_length`` tokens, zero padded); too long a text is a clear error."""
     clip = _clip()
     texts = list(texts)
     for text in texts:
@@ -296,16 +313,16 @@ def tokenize(texts: Sequence[str]) -> torch.Tensor:
                 "class name or CTX_INIT"
             )
     try:
-        return clip.tokenize(texts)
+        return clip.tokenize(texts, context_length=context_length)
     except RuntimeError:  # "Input ... is too long for context length 77"
-        limit = 77 - 2  # SOS and EOS
+        limit = context_length - 2  # SOS and EOS
         for text in texts:
             n_tokens = len(_tokenizer().encode(text))
             if n_tokens > limit:
                 shown = text if len(text) <= 60 else text[:57] + "..."
                 raise UserError(
                     f"the prompt {shown!r} has {n_tokens} tokens, more than the {limit} that CLIP's "
-                    "77-token text context allows: shorten the class name or CTX_INIT (or lower N_CTX)"
+                    f"{context_length}-token text context allows: shorten the class name or CTX_INIT (or lower N_CTX)"
                 ) from None
         raise
 
@@ -493,36 +510,41 @@ class ImageEncoder(nn.Module):
                     "ResNet backbones support only CoOp and zero-shot CLIP"
                 )
             return self.visual(images)
-        v = self.visual
-        x = v.conv1(images)
-        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
-        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
-        if prompts is not None:
-            prompts = prompts.type(x.dtype)
-            if prompts.dim() == 2:
-                prompts = prompts.unsqueeze(0).expand(x.shape[0], -1, -1)
-            x = torch.cat([x, prompts], dim=1)
-        x = v.ln_pre(x)
-        x = x.permute(1, 0, 2)
-        block_tokens = []
-        for i, block in enumerate(v.transformer.resblocks):
-            if deep_prompts is not None and 1 <= i <= len(deep_prompts):
-                deep = deep_prompts[i - 1].type(x.dtype)
-                n = deep.shape[-2]
-                if deep.dim() == 2:
-                    deep = deep.unsqueeze(1).expand(n, x.shape[1], -1)
-                else:  # per image [B, n, W] -> sequence-first
-                    deep = deep.permute(1, 0, 2)
-                x = torch.cat([x[:-n], deep], dim=0)
-            x = block(x)
-            if return_block_tokens:
-                block_tokens.append(x.permute(1, 0, 2))
-        x = x.permute(1, 0, 2)
-        feats = v.ln_post(x[:, 0, :]) @ v.proj
+        return vit_forward(self.visual, images, prompts, deep_prompts, return_block_tokens)
+
+
+def vit_forward(v: nn.Module, images, prompts=None, deep_prompts=None, return_block_tokens: bool = False):
+    """CLIP's ViT forward over the modules of ``v`` (a CLIP ``visual``), with the prompt options of :class:`ImageEncoder`."""
+    images = images.type(v.conv1.weight.dtype)
+    x = v.conv1(images)
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+    if prompts is not None:
+        prompts = prompts.type(x.dtype)
+        if prompts.dim() == 2:
+            prompts = prompts.unsqueeze(0).expand(x.shape[0], -1, -1)
+        x = torch.cat([x, prompts], dim=1)
+    x = v.ln_pre(x)
+    x = x.permute(1, 0, 2)
+    block_tokens = []
+    for i, block in enumerate(v.transformer.resblocks):
+        if deep_prompts is not None and 1 <= i <= len(deep_prompts):
+            deep = deep_prompts[i - 1].type(x.dtype)
+            n = deep.shape[-2]
+            if deep.dim() == 2:
+                deep = deep.unsqueeze(1).expand(n, x.shape[1], -1)
+            else:  # per image [B, n, W] -> sequence-first
+                deep = deep.permute(1, 0, 2)
+            x = torch.cat([x[:-n], deep], dim=0)
+        x = block(x)
         if return_block_tokens:
-            return feats, torch.stack(block_tokens)
-        return feats
+            block_tokens.append(x.permute(1, 0, 2))
+    x = x.permute(1, 0, 2)
+    feats = v.ln_post(x[:, 0, :]) @ v.proj
+    if return_block_tokens:
+        return feats, torch.stack(block_tokens)
+    return feats
 
 
 def clip_logits(image_features, text_features, logit_scale):
@@ -576,7 +598,7 @@ def encode_class_texts(clip_model: nn.Module, classnames: Sequence[str], templat
         encoder = TextEncoder(tower)
     feats = []
     for template in templates:
-        tokens = tokenize([template.format(n) for n in names]).to(device)
+        tokens = tokenize([template.format(n) for n in names], text_context_length(clip_model)).to(device)
         if tower is None:
             feats.append(clip_model.encode_text(tokens).float())
         else:

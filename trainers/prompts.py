@@ -14,7 +14,13 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
-from gopro_prompts.trainers.clip_helpers import clean_classname, name_token_length, tokenize, truncation_length
+from gopro_prompts.trainers.clip_helpers import (
+    clean_classname,
+    name_token_length,
+    text_context_length,
+    tokenize,
+    truncation_length,
+)
 from gopro_prompts.user_errors import UserError
 
 
@@ -51,13 +57,14 @@ def build_prompt_parts(classnames, clip_model, n_ctx: int, ctx_init: str, style:
         raise UserError(f"N_CTX must be >= 1 (got {n_ctx}) when CTX_INIT is empty")
     names = [clean_classname(n) for n in classnames]
     embedding = clip_model.token_embedding
+    context_length = text_context_length(clip_model)
     dtype = embedding.weight.dtype
     init = ctx_init.replace("_", " ").strip() if ctx_init else ""
     use_init = bool(init) and (style == "coop" or n_ctx <= 4)
     if use_init:
         if style == "coop":
             n_ctx = len(init.split(" "))
-        init_tokens = tokenize([init])
+        init_tokens = tokenize([init], context_length)
         with torch.no_grad():
             init_embed = embedding(init_tokens.to(embedding.weight.device)).type(dtype)
         if 1 + n_ctx > int(init_tokens.argmax(-1)):
@@ -72,7 +79,7 @@ def build_prompt_parts(classnames, clip_model, n_ctx: int, ctx_init: str, style:
         prompt_prefix = " ".join(["X"] * n_ctx)
 
     texts = [f"{prompt_prefix} {name}." for name in names]
-    tokenized = tokenize(texts)
+    tokenized = tokenize(texts, context_length)
     seq_len = truncation_length(tokenized) if truncate else tokenized.shape[1]
     with torch.no_grad():
         embedded = embedding(tokenized.to(embedding.weight.device)).type(dtype)

@@ -42,7 +42,7 @@ import torch.nn as nn
 from gopro_prompts.dassl_compat import get_logger
 from gopro_prompts.registry import register_trainer
 from gopro_prompts.trainers.base import ClipTrainer
-from gopro_prompts.trainers.clip_helpers import clean_classname, encode_class_texts, tokenize
+from gopro_prompts.trainers.clip_helpers import clean_classname, encode_class_texts, text_context_length, tokenize
 from gopro_prompts.trainers.config import register_trainer_config
 from gopro_prompts.trainers.ivlp import (
     checked_depth, checked_int, convert_official_state_dict, require_vit, vision_prompt_parameters,
@@ -92,7 +92,8 @@ class VPTModel(MaPLeModel):
         if ctx_init != PROMPT_PREFIX:  # Deliberate fix: the official code ignores it silently
             logger.warning("TRAINER.VPT.CTX_INIT %r is ignored: VPT's frozen text prompt is always %r "
                            "(as in the official trainers/vpt.py)", node.CTX_INIT, TEMPLATE.format("<class>"))
-        tokens = tokenize([TEMPLATE.format(clean_classname(name)) for name in classnames])
+        tokens = tokenize([TEMPLATE.format(clean_classname(name)) for name in classnames],
+                          text_context_length(clip_model))
         features = encode_class_texts(clip_model, classnames, [TEMPLATE], fp32=True)[0]
         self.register_buffer("tokenized_prompts", tokens, persistent=False)
         self.register_buffer("frozen_text_features", features, persistent=False)
