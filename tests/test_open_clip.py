@@ -32,11 +32,13 @@ from helpers import REPO, offline_trainer, one_step_run  # noqa: E402
 from test_contract import CLIP_TRAINERS  # noqa: E402
 
 ARCH = "GoproTinyOpenClip"
-#: the tiny CLIP's sizes (clip_helpers.BUILTIN_ARCHS["tiny"]) in open_clip's config format
+#: the tiny CLIP's sizes (clip_helpers.BUILTIN_ARCHS["tiny"]) in open_clip's config format, but a text
+#: context of 40 tokens instead of CLIP's 77: every trainer must read it from the model
+CONTEXT = 40
 MODEL_CFG = {
     "embed_dim": 64,
     "vision_cfg": {"image_size": 32, "layers": 3, "width": 128, "head_width": 64, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 3},
+    "text_cfg": {"context_length": CONTEXT, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 3},
 }
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -93,7 +95,7 @@ def registered_arch(tmp_path_factory):
 
 # ------------------------------------------------------------------ the encoders equal open_clip's
 def test_text_encoder_equals_open_clips_encode_text(reference, adapted):
-    tokens = tokenize(TEXTS)
+    tokens = tokenize(TEXTS, CONTEXT)
     expected = reference.encode_text(tokens)
     assert torch.allclose(adapted.encode_text(tokens), expected, atol=1e-5)
     n = truncation_length(tokens)  # our encoder on embeddings cut after the longest end-of-text token
@@ -105,7 +107,7 @@ def test_shared_prefix_encoding_runs_on_open_clip_blocks(adapted):
     """CoCoOp / GOPro encode a per-image prefix once: exact on open_clip's plain causal blocks too."""
     encoder = TextEncoder(adapted)
     assert supports_shared_prefix(encoder)
-    tokens = tokenize(["X X X X dog.", "X X X X big red fire engine."])
+    tokens = tokenize(["X X X X dog.", "X X X X big red fire engine."], CONTEXT)
     n = truncation_length(tokens)
     embedded = adapted.token_embedding(tokens[:, :n])
     ctx = torch.randn(2, 4, embedded.shape[-1])  # two images' contexts
@@ -144,7 +146,7 @@ def test_sequence_first_wrapper_matches_batch_first_and_sequence_first_blocks():
 
 
 def test_eot_position_is_found_with_both_tokenizers(model_dir):
-    ours = tokenize(TEXTS)
+    ours = tokenize(TEXTS, CONTEXT)
     theirs = open_clip.get_tokenizer(f"local-dir:{model_dir}")(TEXTS)
     assert torch.equal(ours, theirs)
     eot = open_clip.tokenizer.SimpleTokenizer().eot_token_id
@@ -154,7 +156,7 @@ def test_eot_position_is_found_with_both_tokenizers(model_dir):
 
 
 def test_dimensions_are_read_from_the_model(adapted):
-    assert adapted.context_length == 77 and adapted.visual.input_resolution == 32
+    assert adapted.context_length == CONTEXT and adapted.visual.input_resolution == 32
     assert adapted.visual.output_dim == 64 and adapted.transformer.width == 64
     assert len(adapted.visual.transformer.resblocks) == 3 and adapted.visual.conv1.weight.shape[0] == 128
     assert not any(p.requires_grad for p in adapted.parameters())
@@ -168,7 +170,7 @@ def test_fp16_layout_runs_and_stays_close(name):
     half.convert_to_fp16()  # ... so apply the CUDA layout directly
     assert half.dtype == torch.float16 and half.text_projection.dtype == torch.float16
     assert half.token_embedding.weight.dtype == torch.float32  # as CLIP's convert_weights leaves it
-    tokens = tokenize(TEXTS)
+    tokens = tokenize(TEXTS, CONTEXT)
     out = half.encode_text(tokens)
     assert out.dtype == torch.float16
     assert torch.allclose(out.float(), full.encode_text(tokens), atol=2e-2, rtol=2e-2)
@@ -182,6 +184,9 @@ def test_every_trainer_takes_one_step_on_an_open_clip_model(trainer_name, name, 
     trainer = offline_trainer(trainer_name, synthetic_root, tmp_path / "run", "MODEL.BACKBONE.NAME", name,
                               "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.WARMUP_EPOCH", "0")
     assert any(isinstance(m, open_clip.transformer.ResidualAttentionBlock) for m in trainer.model.modules())
+    tokenized = [b for n, b in trainer.model.named_buffers() if n.endswith("tokenized_prompts")]
+    assert all(t.shape[-1] == CONTEXT for t in tokenized)  # prompts tokenized to the model's context
+    assert tokenized or trainer_name.startswith("Zeroshot"), "no tokenized prompts found"
     images = next(iter(trainer.test_loader))["img"][:2]
     if trainer.model.learnable_module() is None:
         with torch.no_grad():
@@ -213,7 +218,7 @@ def test_backbone_path_loads_a_local_open_clip_checkpoint(registered_arch, refer
     path = tmp_path / "weights.pt"
     torch.save({"state_dict": reference.state_dict()}, path)  # as open_clip's training saves it
     model = load_clip(f"open_clip:{registered_arch}", str(path))
-    tokens = tokenize(TEXTS)
+    tokens = tokenize(TEXTS, CONTEXT)
     assert torch.allclose(model.encode_text(tokens), reference.encode_text(tokens), atol=1e-5)
     # the pretrained tag, if given, only documents where the weights came from
     tagged = load_clip(f"open_clip:{registered_arch}/my_own_run", str(path))
@@ -317,5 +322,5 @@ def test_a_real_architecture_passes_every_check(monkeypatch):
     model = load_clip("open_clip:ViT-B-16/laion2b_s34b_b88k")
     assert (model.visual.input_resolution, model.visual.output_dim, model.transformer.width) == (224, 512, 512)
     assert len(model.transformer.resblocks) == len(model.visual.transformer.resblocks) == 12
-    tokens = tokenize(TEXTS[:2])
+    tokens = tokenize(TEXTS[:2], 77)
     assert torch.allclose(model.encode_text(tokens), built[0].encode_text(tokens), atol=1e-4)

@@ -29,7 +29,7 @@ class PromptParts:
     ctx_init: Optional[torch.Tensor]  # [n_ctx, D] from CTX_INIT, or None (random init)
     n_ctx: int
     prompt_prefix: str                 # the text the context stands for ("a photo of a" / "X X X X")
-    tokenized: torch.Tensor            # [C, 77]
+    tokenized: torch.Tensor            # [C, the text context length]
     token_prefix: torch.Tensor         # [C, 1, D]  (SOS)
     token_suffix: torch.Tensor         # [C, L - 1 - n_ctx, D] (class, ".", EOS, padding)
     name_lens: List[int]
