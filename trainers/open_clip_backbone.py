@@ -127,6 +127,11 @@ def _tokenizer_refusal(oc, model_name: str, context_length: int) -> Optional[str
     return None
 
 
+def _refused(name: str, reason: str) -> UserError:
+    return UserError(f"{name} is not supported: {reason}; only models with CLIP's architecture "
+                     "(ViT image tower, causal text transformer, CLIP's tokenizer) are")
+
+
 def _unknown_architecture(oc, arch: str) -> UserError:
     names = oc.list_models()
     close = difflib.get_close_matches(arch, names, n=3, cutoff=0.5)
@@ -148,8 +153,7 @@ def load_open_clip(name: str, path: str = "") -> nn.Module:
             raise _unknown_architecture(oc, model_name)
         refusal = _config_refusal(config)
         if refusal:
-            raise UserError(f"{name} is not supported: {refusal}; only models with CLIP's architecture "
-                            "(ViT image tower, causal text transformer, CLIP's tokenizer) are")
+            raise _refused(name, refusal)
         if tag and not path:
             tags = oc.list_pretrained_tags_by_model(model_name)
             if tag not in tags:
@@ -170,13 +174,12 @@ def load_open_clip(name: str, path: str = "") -> nn.Module:
                                 precision="fp32", device="cpu", weights_only=True)
     except Exception as exc:  # a failed download, or a local-dir / hf-hub folder without its files
         raise UserError(f"could not load open_clip {model_name}{'/' + tag if tag else ''} ({_first_line(exc)}): no "
-                        "network here? Download the checkpoint elsewhere and set MODEL.BACKBONE.PATH to it") from None
+                        "network here? Download the checkpoint where there is and set MODEL.BACKBONE.PATH to it") from None
     refusal = _model_refusal(oc, model)
     if refusal is None:
         refusal = _tokenizer_refusal(oc, model_name, int(_text_parts(model).positional_embedding.shape[0]))
     if refusal:
-        raise UserError(f"{name} is not supported: {refusal}; only models with CLIP's architecture "
-                        "(ViT image tower, causal text transformer, CLIP's tokenizer) are")
+        raise _refused(name, refusal)
     if path:
         try:  # open_clip reads it with torch.load(weights_only=True): plain tensors only, never code
             oc.load_checkpoint(model, path, weights_only=True)
