@@ -60,6 +60,7 @@ __all__ = [
     "get_subsample",
     "read_classnames",
     "fewshot_cache_path",
+    "fewshot_train_val",
     "sample_fewshot",
     "load_fewshot_cache",
     "check_cached_images",
@@ -308,11 +309,13 @@ def save_split(train, val, test, filepath, path_prefix) -> None:
 # ---------------------------------------------------------------------------
 
 
-def split_trainval(trainval, p_val=0.2):
+def split_trainval(trainval, p_val=0.2, rng=None):
     """Split ``trainval`` per label into 80% train / 20% val (as CoOp's ``OxfordPets.split_trainval``).
 
     Labels in first-appearance order; per label ``round(n * p_val)`` items
     (half to even) go to val after a ``random.shuffle`` of the item indices.
+    ``rng``: a ``random.Random`` to shuffle with instead of Python's global ``random``
+    (a split that must not depend on ``SEED``, as the ImageFolder dataset's).
     """
     p_trn = 1 - p_val
     print(f"Splitting trainval into {p_trn:.0%} train and {p_val:.0%} val")
@@ -328,7 +331,7 @@ def split_trainval(trainval, p_val=0.2):
                 f"has {len(idxs)} image(s), too few for a {p_val:.0%} val share; check the "
                 f"annotation files or use the official split file ({DATASETS_DOC})"
             )
-        random.shuffle(idxs)
+        (rng or random).shuffle(idxs)
         for n, idx in enumerate(idxs):
             (val if n < n_val else train).append(trainval[idx])
     return train, val
@@ -397,12 +400,13 @@ def check_class_coverage(train, val, test, source) -> None:
         )
 
 
-def check_images_readable(data, source) -> None:
+def check_images_readable(data, source, header_splits=None) -> None:
     """Pre-flight check before any training: every image of ``data`` (``{split: [Datum]}``) exists,
     and the header of each val / test image opens (PIL reads only its first bytes).
 
     A corrupt test image then fails before training instead of at the final test.
     The error is the engine's (``read_image_checked``: names the file and the fix).
+    ``header_splits``: the splits whose headers are opened (default: every split but ``train``).
     """
     from PIL import Image
 
@@ -411,7 +415,8 @@ def check_images_readable(data, source) -> None:
     seen = set()
     # val / test first: a file also in train (test-only datasets) gets the header check
     for split in sorted(data, key=lambda s: s == "train"):
-        header = split != "train"  # training images are all read in the first epoch anyway
+        # training images are all read in the first epoch anyway
+        header = split != "train" if header_splits is None else split in header_splits
         for item in data[split]:
             path = item.impath
             if path in seen:
@@ -549,6 +554,24 @@ def check_cached_images(data, path) -> None:
         )
 
 
+def fewshot_train_val(dataset, train, val, num_shots, seed, split_fewshot_dir):
+    """CoOp's few-shot step: ``(train, val)`` read from ``split_fewshot/shot_{K}-seed_{SEED}.pkl``,
+    else K train and min(K, 4) val images per class sampled (Python's global ``random``) and saved there."""
+    path = fewshot_cache_path(split_fewshot_dir, num_shots, seed)
+    if osp.exists(path):
+        print(f"Loading preprocessed few-shot data from {path}")
+        data = load_fewshot_cache(path, ("train", "val"))
+        train, val = data["train"], data["val"]
+        # the sampling warned about short classes on the first run only: say it every run
+        _warn_short_classes(type(dataset).__name__, train, num_shots, "train")
+    else:
+        train = sample_fewshot(dataset, train, num_shots, "train")
+        val = sample_fewshot(dataset, val, min(num_shots, 4), "val")
+        print(f"Saving preprocessed few-shot data to {path}")
+        save_datum_pickle({"train": train, "val": val}, path)
+    return train, val
+
+
 def load_fewshot_cache(path, keys=("train", "val")):
     """Load and validate a few-shot cache (a dict of Datum lists under ``keys``)."""
     data = load_datum_pickle(path)
@@ -610,19 +633,7 @@ class CoOpFewShotDataset(DatasetBase):
 
         num_shots = cfg.DATASET.NUM_SHOTS
         if num_shots >= 1:
-            seed = cfg.SEED
-            path = fewshot_cache_path(self.split_fewshot_dir, num_shots, seed)
-            if osp.exists(path):
-                print(f"Loading preprocessed few-shot data from {path}")
-                data = load_fewshot_cache(path, ("train", "val"))
-                train, val = data["train"], data["val"]
-                # the sampling warned about short classes on the first run only: say it every run
-                _warn_short_classes(type(self).__name__, train, num_shots, "train")
-            else:
-                train = sample_fewshot(self, train, num_shots, "train")
-                val = sample_fewshot(self, val, min(num_shots, 4), "val")
-                print(f"Saving preprocessed few-shot data to {path}")
-                save_datum_pickle({"train": train, "val": val}, path)
+            train, val = fewshot_train_val(self, train, val, num_shots, cfg.SEED, self.split_fewshot_dir)
 
         train, val, test = subsample_classes(train, val, test, subsample=subsample)
         check_images_readable({"train": train, "val": val, "test": test}, type(self).__name__)

@@ -21,7 +21,9 @@ import re
 
 import yaml
 
-from gopro_prompts.results.record import RESULTS_FILE, read_results, write_text_atomically
+from gopro_prompts.results.record import (
+    IMAGE_FOLDER_DATASET, RESULTS_FILE, dataset_label, read_results, write_text_atomically,
+)
 from gopro_prompts.user_errors import UserError
 
 #: the run record: the config a training run in this folder was started with
@@ -34,9 +36,11 @@ EVAL_FOLDER = "eval"
 IGNORED_KEYS = frozenset({
     "OUTPUT_DIR", "RESUME", "DATASET.ROOT", "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ",
     "DATALOADER.NUM_WORKERS", "USE_CUDA", "VERBOSE", "TEST.PER_CLASS_RESULT", "TEST.COMPUTE_CMAT",
+    "DATASET.IMAGE_FOLDER.SPLIT_DIR",
 })
 #: keys named first when they differ (what the experiment is); the others follow sorted
-_FIRST_KEYS = ("TRAINER.NAME", "DATASET.NAME", "DATASET.SUBSAMPLE_CLASSES", "MODEL.BACKBONE.NAME", "SEED")
+_FIRST_KEYS = ("TRAINER.NAME", "DATASET.NAME", "DATASET.IMAGE_FOLDER.DIR", "DATASET.IMAGE_FOLDER.NAME",
+               "DATASET.SUBSAMPLE_CLASSES", "MODEL.BACKBONE.NAME", "SEED")
 #: how many differing keys a refusal names
 SHOWN_CHANGES = 4
 #: checkpoint files of Dassl's ``save_checkpoint`` (``dassl/utils/torchtools.py``)
@@ -156,7 +160,12 @@ _RESULT_FIELDS = (("trainer", "TRAINER.NAME"), ("dataset", "DATASET.NAME"),
 
 def _results_changes(record, cfg):
     flat = flatten_cfg(cfg)
-    changes = [f"{key}: {record[field]!r} -> {flat[key]!r}" for field, key in _RESULT_FIELDS
+    if flat.get("DATASET.NAME") == IMAGE_FOLDER_DATASET:  # its record holds the display name (dataset_label)
+        flat["DATASET.IMAGE_FOLDER.NAME"] = dataset_label(cfg)
+        fields = [(field, "DATASET.IMAGE_FOLDER.NAME" if field == "dataset" else key) for field, key in _RESULT_FIELDS]
+    else:
+        fields = _RESULT_FIELDS
+    changes = [f"{key}: {record[field]!r} -> {flat[key]!r}" for field, key in fields
                if field in record and key in flat and record[field] != flat[key]]
     backbone = cfg.MODEL.BACKBONE.NAME or cfg.MODEL.BACKBONE.PATH
     if record.get("backbone") and record["backbone"] != backbone:
@@ -245,6 +254,8 @@ def _safe(text):
 def eval_output_dir(cfg, model_dir, load_epoch):
     """``<model-dir>/eval/<dataset>_<classes>[_<target domains>]_<checkpoint>`` of an --eval-only run.
 
+    ``<dataset>`` is ``DATASET.NAME``, for ImageFolder its display name (``dataset_label``).
+
     ``<checkpoint>`` is ``epoch<N>`` (``--load-epoch N``), ``model-best`` (no --load-epoch) or
     ``no-model`` (no --model-dir: the folder then sits under the default output folder).
     """
@@ -252,7 +263,7 @@ def eval_output_dir(cfg, model_dir, load_epoch):
         checkpoint = "no-model"
     else:
         checkpoint = "model-best" if load_epoch is None else f"epoch{load_epoch}"
-    parts = [cfg.DATASET.NAME, cfg.DATASET.SUBSAMPLE_CLASSES]
+    parts = [dataset_label(cfg), cfg.DATASET.SUBSAMPLE_CLASSES]
     if cfg.DATASET.TARGET_DOMAINS:
         parts.append("+".join(cfg.DATASET.TARGET_DOMAINS))
     parts.append(checkpoint)
@@ -301,3 +312,70 @@ def with_output_dir(cfg, output_dir):
     cfg.OUTPUT_DIR = output_dir
     cfg.freeze()
     return cfg
+
+
+# ---------------------------------------------------------------------------- dataset folder names
+def check_dataset_label(label):
+    """Refuse (UserError) a display name of an ImageFolder dataset that cannot name its runs' folders."""
+    from gopro_prompts.results.record import label_problem
+    from gopro_prompts.results.runs import reserved_dataset_names
+
+    problem = label_problem(label, reserved_dataset_names())
+    if problem:
+        raise UserError(f"ImageFolder: {problem}; set DATASET.IMAGE_FOLDER.NAME to another name "
+                        "(see DATASETS.md, section ImageFolder)")
+    return label
+
+
+def dataset_folder_name(config_file, root="", opts=()):
+    """The folder name of a dataset's runs in the experiment scripts (scripts/_common.sh ``dataset_folder``).
+
+    The config file's base name (``oxford_pets``), except for an ImageFolder config (a copy of
+    ``configs/datasets/image_folder.yaml``): its display name (``record.dataset_label``) from the file's
+    ``DATASET.IMAGE_FOLDER`` keys and then ``opts`` (``KEY VALUE`` pairs, which win as in train.py), so
+    that two user datasets never share a folder.  ``root``: the data folder (``--root``).
+    """
+    from gopro_prompts.results.record import image_folder_label
+
+    with open(config_file) as f:
+        content = yaml.safe_load(f) or {}
+    dataset = dict(content.get("DATASET") or {}) if isinstance(content, dict) else {}
+    node = dict(dataset.get("IMAGE_FOLDER") or {})
+    opts = list(opts)
+    for key, value in zip(opts[::2], opts[1::2]):
+        if key == "DATASET.NAME":
+            dataset["NAME"] = value
+        elif key == "DATASET.ROOT":
+            root = value
+        elif key.startswith("DATASET.IMAGE_FOLDER."):
+            node[key[len("DATASET.IMAGE_FOLDER."):]] = value
+    stem = osp.splitext(osp.basename(config_file))[0]
+    if dataset.get("NAME") != IMAGE_FOLDER_DATASET:
+        return stem
+    label = image_folder_label(node.get("NAME", ""), node.get("DIR", ""), root)
+    if not label:
+        raise UserError(f"{stem}: give the folder of your images with DATASET.IMAGE_FOLDER.DIR <folder under "
+                        "DATA> (or set DIR in a copy of the config file; see DATASETS.md, section ImageFolder)")
+    return check_dataset_label(label)
+
+
+def _main(argv):
+    """``python -m gopro_prompts.run_folder dataset-folder CONFIG_FILE ROOT [KEY VALUE ...]``: print
+    :func:`dataset_folder_name` (exit 0), or one ``error:`` line (exit 2)."""
+    import sys
+
+    if len(argv) < 3 or argv[0] != "dataset-folder":
+        sys.stderr.write("usage: python -m gopro_prompts.run_folder dataset-folder CONFIG_FILE ROOT [KEY VALUE ...]\n")
+        return 2
+    try:
+        print(dataset_folder_name(argv[1], argv[2], argv[3:]))
+    except (UserError, OSError, yaml.YAMLError) as exc:
+        sys.stderr.write(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

@@ -18,6 +18,8 @@
 #     in the extra opts, else the MAX_EPOCH of the trainer config file: the last epoch of a training
 #     run made with the same config and opts.
 #   * SHOTS (default 16): few-shot K (DATASET.NUM_SHOTS and the shots_<K> / <cfg>_<K>shots folder names).
+#   * The <dataset> level of the folders is the dataset config's name, except for your own images
+#     (image_folder.yaml or a copy): their display name (see dataset_folder below).
 #   * PYTHON (default: python), DRY_RUN=1: print the train.py command instead of running it.
 # Scripts can be run from any working directory.
 set -euo pipefail
@@ -79,6 +81,22 @@ dataset_config() {
         die "unknown dataset '$1' (no $path): use one of: $known"
     fi
     printf '%s\n' "$path"
+}
+
+# dataset_folder DATASET [OPTS ...]: the folder name of DATASET's runs (the <dataset> level of the output
+#   folders): DATASET itself, except for a dataset config of your own images (DATASET.NAME ImageFolder:
+#   configs/datasets/image_folder.yaml or a copy of it), named by its display name: DATASET.IMAGE_FOLDER.NAME,
+#   else the base name of DATASET.IMAGE_FOLDER.DIR (from the config file, then OPTS, which win as in train.py),
+#   so that two datasets of your own never share a folder.
+dataset_folder() {
+    local dataset=$1 file
+    shift
+    file="$REPO_ROOT/$(dataset_config "$dataset")" || exit 2
+    if ! grep -q ImageFolder "$file"; then
+        printf '%s\n' "$dataset"
+        return
+    fi
+    (cd "$REPO_ROOT" && "$PYTHON" -m gopro_prompts.run_folder dataset-folder "$file" "${DATA:-}" "$@") || exit 2
 }
 
 # trainer_config TRAINER CFG: configs/trainers/TRAINER/CFG.yaml (relative to the repo), which must exist.
@@ -262,8 +280,9 @@ base2new_train() {
     local trainer=$1 cfg=$2 dataset=$3 seed=$4
     shift 4
     check_seed "$seed"
-    local dir
-    dir="$(output_root)/base2new/train_base/${dataset}/shots_${SHOTS}/${trainer}/${cfg}/seed${seed}"
+    local dir folder
+    folder="$(dataset_folder "$dataset" "$@")"
+    dir="$(output_root)/base2new/train_base/${folder}/shots_${SHOTS}/${trainer}/${cfg}/seed${seed}"
     train_job "$trainer" "$cfg" "$dataset" "$seed" "$dir" \
         DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES base "$@"
 }
@@ -273,7 +292,9 @@ base2new_test() {
     local trainer=$1 cfg=$2 dataset=$3 seed=$4
     shift 4
     check_seed "$seed"
-    local tail="${dataset}/shots_${SHOTS}/${trainer}/${cfg}/seed${seed}" out cfg_file epoch
+    local folder tail out cfg_file epoch
+    folder="$(dataset_folder "$dataset" "$@")"
+    tail="${folder}/shots_${SHOTS}/${trainer}/${cfg}/seed${seed}"
     out="$(output_root)"
     cfg_file="$(trainer_config "$trainer" "$cfg")"
     epoch="$(load_epoch "$cfg_file" "$@")"
@@ -289,8 +310,9 @@ xd_train() {
     shift 3
     check_seed "$seed"
     local source="${XD_SOURCE:-imagenet}"
-    local dir
-    dir="$(output_root)/${source}/${trainer}/${cfg}_${SHOTS}shots/seed${seed}"
+    local dir folder
+    folder="$(dataset_folder "$source" "$@")"
+    dir="$(output_root)/${folder}/${trainer}/${cfg}_${SHOTS}shots/seed${seed}"
     train_job "$trainer" "$cfg" "$source" "$seed" "$dir" DATASET.NUM_SHOTS "$SHOTS" "$@"
 }
 
@@ -299,11 +321,13 @@ xd_test() {
     local trainer=$1 cfg=$2 dataset=$3 seed=$4
     shift 4
     check_seed "$seed"
-    local source="${XD_SOURCE:-imagenet}" out cfg_file epoch
+    local source="${XD_SOURCE:-imagenet}" out cfg_file epoch folder source_folder
     out="$(output_root)"
     cfg_file="$(trainer_config "$trainer" "$cfg")"
     epoch="$(load_epoch "$cfg_file" "$@")"
+    folder="$(dataset_folder "$dataset" "$@")"
+    source_folder="$(dataset_folder "$source" "$@")"
     eval_job "$trainer" "$cfg" "$dataset" "$seed" \
-        "$out/evaluation/${trainer}/${cfg}_${SHOTS}shots/${dataset}/seed${seed}" \
-        "$out/${source}/${trainer}/${cfg}_${SHOTS}shots/seed${seed}" "$epoch" "$@"
+        "$out/evaluation/${trainer}/${cfg}_${SHOTS}shots/${folder}/seed${seed}" \
+        "$out/${source_folder}/${trainer}/${cfg}_${SHOTS}shots/seed${seed}" "$epoch" "$@"
 }

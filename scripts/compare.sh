@@ -7,7 +7,10 @@
 #   bash scripts/compare.sh dg       TARGET[,TARGET...]   SEEDS [TRAINERS] [KEY VALUE ...]
 #   bash scripts/compare.sh offline  [TRAINERS] [KEY VALUE ...]
 #
-#   DATASET   configs/datasets/ file names without .yaml (oxford_pets, dtd, synthetic_shapes, ...)
+#   DATASET   configs/datasets/ file names without .yaml (oxford_pets, dtd, synthetic_shapes, ...); your own
+#             images: image_folder with DATASET.IMAGE_FOLDER.DIR <folder under DATA>, or a copy of
+#             image_folder.yaml; their output folders and table rows are named by the display name
+#             (DATASET.IMAGE_FOLDER.NAME, else the base name of DIR; see DATASETS.md, section ImageFolder)
 #   SEEDS     comma-separated, e.g. 1,2,3
 #   TRAINERS  comma-separated, default ZeroshotCLIP,CoOp,CoCoOp,KgCoOp,ProGrad,VPT,IVLP,MaPLe,PromptSRC,GOPro
 #   KEY VALUE yacs opts passed to every run after the method's own config (so they win), e.g.
@@ -112,6 +115,22 @@ if ((all_synthetic)); then
 fi
 DATA="$(data_root)"
 OUTPUT="$(output_root)"
+# the <dataset> level of the output folders: the config name, or a dataset of your own images' display name
+# (dataset_folder in _common.sh), which also names it in the table
+declare -A FOLDER_OF=()
+FOLDER_LIST=()
+SOURCE_LIST=()
+[[ "$PROTOCOL" == base2new ]] || SOURCE_LIST=("${XD_SOURCE:-imagenet}")
+for dataset in "${DATASET_LIST[@]}" ${SOURCE_LIST[@]+"${SOURCE_LIST[@]}"}; do
+    folder="$(dataset_folder "$dataset" ${OPTS[@]+"${OPTS[@]}"})"
+    for other in "${!FOLDER_OF[@]}"; do
+        [[ "$other" == "$dataset" || "${FOLDER_OF[$other]}" != "$folder" ]] ||
+            die "the datasets $other and $dataset would share the output folder '$folder': give one of them another DATASET.IMAGE_FOLDER.NAME (or DIR) in its config file"
+    done
+    FOLDER_OF[$dataset]=$folder
+done
+for dataset in "${DATASET_LIST[@]}"; do FOLDER_LIST+=("${FOLDER_OF[$dataset]}"); done
+FOLDERS=$(IFS=,; echo "${FOLDER_LIST[*]}")
 NUM_SHOTS_OPT="$(opt_value DATASET.NUM_SHOTS "${OPTS[@]}")"
 [[ -n "$NUM_SHOTS_OPT" ]] && SHOTS=$NUM_SHOTS_OPT # the folder names then tell the truth
 ZS_CFG="${ZS_CFG:-vit_b16}"
@@ -153,7 +172,7 @@ if [[ "$PROTOCOL" == base2new ]]; then
             case "$trainer" in
                 ZeroshotCLIP | ZeroshotCLIP2)
                     for split in base new; do
-                        dir="$OUTPUT/base2new/test_${split}/${dataset}/shots_${SHOTS}/${trainer}/${ZS_CFG}/seed${FIRST_SEED}"
+                        dir="$OUTPUT/base2new/test_${split}/${FOLDER_OF[$dataset]}/shots_${SHOTS}/${trainer}/${ZS_CFG}/seed${FIRST_SEED}"
                         step "$trainer $dataset ($split classes)" zeroshot_eval "$trainer" "$dataset" "$FIRST_SEED" "$dir" \
                             DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES "$split" "${OPTS[@]}" || true
                     done
@@ -171,7 +190,7 @@ if [[ "$PROTOCOL" == base2new ]]; then
         done
     done
     ROOTS=("$OUTPUT/base2new")
-    TABLE_ARGS=(--datasets "$DATASETS")
+    TABLE_ARGS=(--datasets "$FOLDERS")
 else
     SOURCE="${XD_SOURCE:-imagenet}"
     export XD_SOURCE="$SOURCE"
@@ -187,7 +206,7 @@ else
                     [[ "$seed" == "$FIRST_SEED" ]] || continue
                     for dataset in "$SOURCE" "${TARGET_LIST[@]}"; do
                         step "$trainer $dataset" zeroshot_eval "$trainer" "$dataset" "$seed" \
-                            "$OUTPUT/evaluation/${trainer}/${ZS_CFG}/${dataset}/seed${seed}" "${OPTS[@]}" || true
+                            "$OUTPUT/evaluation/${trainer}/${ZS_CFG}/${FOLDER_OF[$dataset]}/seed${seed}" "${OPTS[@]}" || true
                     done
                     ;;
                 CoOp)
@@ -219,8 +238,9 @@ else
             esac
         done
     done
-    ROOTS=("$OUTPUT/$SOURCE" "$OUTPUT/evaluation")
-    TABLE_ARGS=(--source "$SOURCE" --datasets "$DATASETS")
+    SOURCE_FOLDER=${FOLDER_OF[$SOURCE]}
+    ROOTS=("$OUTPUT/$SOURCE_FOLDER" "$OUTPUT/evaluation")
+    TABLE_ARGS=(--source "$SOURCE_FOLDER" --datasets "$FOLDERS")
     # the table lists the trainers that have cross-dataset runs (not those skipped above)
     kept=()
     for trainer in "${TRAINER_LIST[@]}"; do

@@ -2,7 +2,7 @@
 
 Each trainer module declares its ``TRAINER.<NODE>`` keys with
 :func:`register_trainer_config`; :func:`extend_cfg` adds every registered node
-(plus ``MODEL.BACKBONE.PATH``, ``DATASET.SUBSAMPLE_CLASSES`` and the MaPLe
+(plus ``MODEL.BACKBONE.PATH``, ``DATASET.SUBSAMPLE_CLASSES``, ``DATASET.IMAGE_FOLDER`` and the MaPLe
 repository's extra nodes, so every YAML written for CoOp / CoCoOp / MaPLe
 merges unchanged) to a Dassl default config: the layering of the official
 CoOp ``train.py`` (``get_cfg_default()``, then ``extend_cfg(cfg)``, then the
@@ -37,6 +37,12 @@ def register_trainer_config(node_name: str):
 EXTRA_KEYS = {
     ("MODEL", "BACKBONE", "PATH"): "",  # a local CLIP file, instead of MODEL.BACKBONE.NAME
     ("DATASET", "SUBSAMPLE_CLASSES"): "all",  # all, base or new (the CoCoOp repository's key)
+    # the ImageFolder dataset (datasets/image_folder.py, DATASETS.md section ImageFolder): the user's own images
+    ("DATASET", "IMAGE_FOLDER", "DIR"): "",  # the image folder, under DATASET.ROOT (or an absolute path)
+    ("DATASET", "IMAGE_FOLDER", "NAME"): "",  # display name in results and output folders; "": DIR's base name
+    ("DATASET", "IMAGE_FOLDER", "CSV"): "",  # a CSV of path,classname[,split] in DIR; "": labels.csv if present
+    ("DATASET", "IMAGE_FOLDER", "SPLIT_DIR"): "",  # where the split file and few-shot caches go; "": DIR
+    # (when DIR is read-only: <OUTPUT_DIR>/image_folder_split)
     # ProGrad's top-level node (its train.py): NAME "prograd" selects its loss, T the
     # distillation temperature, LAMBDA the strength of the gradient projection
     ("LOSS", "NAME"): "",

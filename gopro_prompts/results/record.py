@@ -11,10 +11,60 @@ import json
 import os
 import os.path as osp
 import platform
+import re
 import uuid
 
 RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 1
+
+#: ``DATASET.NAME`` of the dataset read from the user's own folder (datasets/image_folder.py): its runs
+#: go by a display name of their own (:func:`dataset_label`), so two user datasets never share a name
+IMAGE_FOLDER_DATASET = "ImageFolder"
+#: characters a display name may hold (it names output folders); others become ``_`` in a default name
+_LABEL_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_LABEL_BAD_CHARS = re.compile(r"[^A-Za-z0-9._+-]+")
+_LABEL_MAX = 64
+
+
+def image_folder_label(name, folder, root="") -> str:
+    """The display name of an ImageFolder dataset: ``name`` (``DATASET.IMAGE_FOLDER.NAME``) when set,
+    else the base name of the image folder (``DATASET.IMAGE_FOLDER.DIR`` under ``root``, i.e.
+    ``DATASET.ROOT``) with every run of characters other than letters, digits and ``._+-`` made ``_``.
+    ``""`` when both are empty."""
+    name = str(name or "").strip()
+    if name:
+        return name
+    folder = str(folder or "").strip()
+    if not folder:
+        return ""
+    path = osp.normpath(osp.join(osp.expanduser(str(root or "")), osp.expanduser(folder)))
+    base = osp.basename(osp.abspath(path)) if osp.basename(path) in ("", ".", "..") else osp.basename(path)
+    return _LABEL_BAD_CHARS.sub("_", base).strip("_.-+")[:_LABEL_MAX] or "image_folder"
+
+
+def dataset_label(cfg) -> str:
+    """The name a run's dataset goes by in ``results.json``, the result tables and folder names:
+    ``DATASET.NAME``, except for ImageFolder (:data:`IMAGE_FOLDER_DATASET`), whose display name
+    (:func:`image_folder_label`) tells two user datasets apart."""
+    dataset = cfg["DATASET"]
+    name = dataset["NAME"]
+    if name != IMAGE_FOLDER_DATASET:
+        return name
+    node = dataset.get("IMAGE_FOLDER") or {}
+    return image_folder_label(node.get("NAME", ""), node.get("DIR", ""), dataset.get("ROOT", "")) or name
+
+
+def label_problem(label, reserved=()) -> str:
+    """Why ``label`` cannot be a display name (``""`` when it can): it names output folders, so it is
+    short, made of letters, digits and ``._+-``, and none of ``reserved`` (the benchmark datasets'
+    config and ``DATASET.NAME``s, compared case-insensitively: their runs' folders and table rows)."""
+    if not _LABEL_OK.match(label) or len(label) > _LABEL_MAX:
+        return (f"the display name {label!r} must be 1 to {_LABEL_MAX} letters, digits or . _ + - "
+                "(starting with a letter or digit)")
+    taken = {str(r).lower(): r for r in reserved}
+    if label.lower() in taken:
+        return f"the display name {label!r} is taken by the benchmark dataset {taken[label.lower()]}"
+    return ""
 
 
 def _versions():
@@ -42,7 +92,7 @@ def build_record(cfg, metrics, *, split, epoch, run_info=None, backend=""):
         "config": osp.splitext(osp.basename(config_file))[0] if config_file else "",
         "config_file": config_file,
         "dataset_config_file": run_info.get("dataset_config_file", ""),
-        "dataset": cfg.DATASET.NAME,
+        "dataset": dataset_label(cfg),
         "subsample": cfg.DATASET.SUBSAMPLE_CLASSES,
         "shots": cfg.DATASET.NUM_SHOTS,
         "seed": cfg.SEED,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from gopro_prompts import resource_path
-from gopro_prompts.results.record import RESULTS_FILE, read_results
+from gopro_prompts.results.record import IMAGE_FOLDER_DATASET, RESULTS_FILE, image_folder_label, read_results
 
 
 LOG_FILE = "log.txt"
@@ -208,6 +208,10 @@ def info_from_header(header: Dict[str, Dict[str, str]]) -> Dict:
         info["config_file"] = config_file
     if cfg.get("DATASET.NAME"):
         info["dataset"] = cfg["DATASET.NAME"]
+        if cfg["DATASET.NAME"] == IMAGE_FOLDER_DATASET:  # the display name, as results.json holds it
+            values = [str(_literal(cfg.get(f"DATASET.{key}", ""), cfg.get(f"DATASET.{key}", "")))
+                      for key in ("IMAGE_FOLDER.NAME", "IMAGE_FOLDER.DIR", "ROOT")]
+            info["dataset"] = image_folder_label(*values) or IMAGE_FOLDER_DATASET
     # CoOp's original train.py has no SUBSAMPLE_CLASSES: every class is used
     info["subsample"] = cfg.get("DATASET.SUBSAMPLE_CLASSES") or "all"
     for key, name in (("DATASET.NUM_SHOTS", "shots"), ("SEED", "seed")):
@@ -234,7 +238,13 @@ _DATASET_NAMES: Optional[Dict[str, str]] = None
 
 
 def dataset_config_names(configs_dir: Optional[str] = None) -> Dict[str, str]:
-    """``configs/datasets/<file>.yaml`` base name -> its ``DATASET.NAME`` (e.g. oxford_pets -> OxfordPets)."""
+    """``configs/datasets/<file>.yaml`` base name -> its ``DATASET.NAME`` (e.g. oxford_pets -> OxfordPets).
+
+    A copy of ``image_folder.yaml`` (``DATASET.NAME: ImageFolder``) maps to the display name its
+    ``DATASET.IMAGE_FOLDER`` keys give (``birds.yaml`` with ``DIR: birds`` -> ``birds``), as its runs'
+    ``results.json`` records it; one that sets neither ``NAME`` nor ``DIR`` (``image_folder.yaml``
+    itself) is left out.
+    """
     global _DATASET_NAMES
     if configs_dir is None and _DATASET_NAMES is not None:
         return _DATASET_NAMES
@@ -245,12 +255,51 @@ def dataset_config_names(configs_dir: Optional[str] = None) -> Dict[str, str]:
             if not fname.endswith(".yaml"):
                 continue
             with open(osp.join(folder, fname)) as f:
-                match = re.search(r"^\s+NAME:\s*[\"']?([^\"'\s#]+)", f.read(), flags=re.M)
+                text = f.read()
+            match = re.search(r"^\s+NAME:\s*[\"']?([^\"'\s#]+)", text, flags=re.M)
+            if IMAGE_FOLDER_DATASET in text:
+                label = _image_folder_config_label(text)
+                if label is not None:
+                    if label:
+                        names[fname[: -len(".yaml")]] = label
+                    continue
             if match:
                 names[fname[: -len(".yaml")]] = match.group(1)
     if configs_dir is None:
         _DATASET_NAMES = names
     return names
+
+
+def _image_folder_config_label(text: str) -> Optional[str]:
+    """The display name an ImageFolder dataset config gives (``""`` if none), None for another config."""
+    import yaml
+
+    try:
+        content = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    dataset = content.get("DATASET") if isinstance(content, dict) else None
+    if not isinstance(dataset, dict) or dataset.get("NAME") != IMAGE_FOLDER_DATASET:
+        return None
+    node = dataset.get("IMAGE_FOLDER") if isinstance(dataset.get("IMAGE_FOLDER"), dict) else {}
+    return image_folder_label(node.get("NAME", ""), node.get("DIR", ""))
+
+
+def reserved_dataset_names(configs_dir: Optional[str] = None) -> List[str]:
+    """The config names and ``DATASET.NAME``s of the datasets other than ImageFolder (the benchmarks):
+    a display name of a user's dataset must differ from each (output folders and table rows)."""
+    folder = configs_dir or resource_path("configs", "datasets")
+    reserved = set()
+    for stem, name in dataset_config_names(configs_dir).items():
+        if not _is_image_folder_config(osp.join(folder, stem + ".yaml")):
+            reserved.update((stem, name))
+    return sorted(reserved)
+
+
+def _is_image_folder_config(path: str) -> bool:
+    with open(path) as f:
+        text = f.read()
+    return IMAGE_FOLDER_DATASET in text and _image_folder_config_label(text) is not None
 
 
 def canonical_dataset(name: str) -> str:

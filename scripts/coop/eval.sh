@@ -20,9 +20,11 @@ NCTX="${NCTX:-16}" CSC="${CSC:-False}" CTP="${CTP:-end}"
 CFG_FILE="$(trainer_config CoOp "$CFG")"
 EPOCH="$(load_epoch "$CFG_FILE" "$@")"
 TAIL="CoOp/${CFG}_${SHOTS}shots/nctx${NCTX}_csc${CSC}_ctp${CTP}"
+FOLDER="$(dataset_folder "$DATASET" "$@")"  # DATASET, or the display name of your own images
+SOURCE_FOLDER="$(dataset_folder "${XD_SOURCE:-imagenet}" "$@")"
 for SEED in ${SEEDS:-1 2 3}; do
     check_seed "$SEED"
-    eval_job CoOp "$CFG" "$DATASET" "$SEED" "$(output_root)/evaluation/${TAIL}/${DATASET}/seed${SEED}" \
-        "$(output_root)/${XD_SOURCE:-imagenet}/${TAIL}/seed${SEED}" "$EPOCH" \
+    eval_job CoOp "$CFG" "$DATASET" "$SEED" "$(output_root)/evaluation/${TAIL}/${FOLDER}/seed${SEED}" \
+        "$(output_root)/${SOURCE_FOLDER}/${TAIL}/seed${SEED}" "$EPOCH" \
         TRAINER.COOP.N_CTX "$NCTX" TRAINER.COOP.CSC "$CSC" TRAINER.COOP.CLASS_TOKEN_POSITION "$CTP" "$@"
 done

@@ -20,9 +20,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/../_common.sh"
 usage 6 "DATASET CFG CTP NCTX SHOTS CSC" "$@"
 DATASET=$1 CFG=$2 CTP=$3 NCTX=$4 SHOTS=$5 CSC=$6
 shift 6
+FOLDER="$(dataset_folder "$DATASET" "$@")"  # DATASET, or the display name of your own images
 for SEED in ${SEEDS:-1 2 3}; do
     check_seed "$SEED"
-    DIR="$(output_root)/${DATASET}/CoOp/${CFG}_${SHOTS}shots/nctx${NCTX}_csc${CSC}_ctp${CTP}/seed${SEED}"
+    DIR="$(output_root)/${FOLDER}/CoOp/${CFG}_${SHOTS}shots/nctx${NCTX}_csc${CSC}_ctp${CTP}/seed${SEED}"
     train_job CoOp "$CFG" "$DATASET" "$SEED" "$DIR" \
         TRAINER.COOP.N_CTX "$NCTX" TRAINER.COOP.CSC "$CSC" TRAINER.COOP.CLASS_TOKEN_POSITION "$CTP" \
         DATASET.NUM_SHOTS "$SHOTS" "$@"

@@ -11,4 +11,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/../_common.sh"
 usage 2 "DATASET CFG" "$@"
 DATASET=$1 CFG=$2
 shift 2
-eval_job ZeroshotCLIP "CoOp/${CFG}" "$DATASET" "" "$(output_root)/ZeroshotCLIP/${CFG}/${DATASET}" "" "" "$@"
+FOLDER="$(dataset_folder "$DATASET" "$@")"  # DATASET, or the display name of your own images
+eval_job ZeroshotCLIP "CoOp/${CFG}" "$DATASET" "" "$(output_root)/ZeroshotCLIP/${CFG}/${FOLDER}" "" "" "$@"
