@@ -21,6 +21,7 @@ from gopro_prompts.trainers.clip_helpers import (  # noqa: E402
     ImageEncoder,
     Precision,
     TextEncoder,
+    encode_class_texts,
     eot_positions,
     load_clip,
     supports_shared_prefix,
@@ -176,6 +177,10 @@ def test_fp16_layout_runs_and_stays_close(name):
     assert torch.allclose(out.float(), full.encode_text(tokens), atol=2e-2, rtol=2e-2)
     images = torch.randn(2, 3, 32, 32)
     assert torch.allclose(half.encode_image(images).float(), full.encode_image(images), atol=2e-2, rtol=2e-2)
+    # the frozen fp32 teachers (KgCoOp, ProGrad, PromptSRC, VPT) upcast a copy of the half text tower
+    teacher = encode_class_texts(half, ["dog", "sea lion"], ["a photo of a {}."], fp32=True)
+    assert teacher.dtype == torch.float32 and half.text_projection.dtype == torch.float16
+    assert torch.allclose(teacher, encode_class_texts(full, ["dog", "sea lion"], ["a photo of a {}."]), atol=2e-2)
 
 
 # ------------------------------------------------------------------ every trainer, unchanged
