@@ -5,7 +5,9 @@
 #   * OUTPUT (default: <repo>/output): where the run folders go.
 #   * Extra arguments after a script's positional ones are yacs KEY VALUE opts handed to train.py
 #     after the script's own opts, so they win (e.g. MODEL.BACKBONE.NAME tiny OPTIM.MAX_EPOCH 1).
-#   * A finished run is skipped with a message; an unfinished one is run again in the same folder,
+#   * A finished run is skipped with a message (and stops the script when its results.json records
+#     another MODEL.BACKBONE.NAME than this run's: give each backbone its own OUTPUT); an
+#     unfinished one is run again in the same folder,
 #     where train.py resumes from the last complete checkpoint (its old log is kept as
 #     log.txt-unfinished-<time>, so that log.txt, which parse_test_res.py reads, is the log of the
 #     complete run). Training is finished when log.txt has "Finish training" and the final "Elapsed:"
@@ -205,12 +207,38 @@ run_train_py() {
     (cd "$REPO_ROOT" && "$PYTHON" train.py "$@")
 }
 
-# begin_job DIR FINISHED RERUN_MESSAGE NEW_MESSAGE: status 1 (skip the job) when the FINISHED check
-#   (train_finished / eval_finished) passes on DIR; otherwise stop if another run holds DIR, set an
-#   unfinished attempt's log aside, and say which message applies.
+# check_same_backbone DIR CFG_FILE [OPTS ...]: stop when DIR's finished results (results.json) were made
+#   with another MODEL.BACKBONE.NAME than this job's (OPTS, else CFG_FILE): a finished run is skipped, so
+#   its results would stand in for this backbone's.
+check_same_backbone() {
+    local dir=$1 cfg_file=$2 want found
+    shift 2
+    [[ -f "$dir/results.json" ]] || return 0
+    want="$(opt_value MODEL.BACKBONE.NAME "$@")"
+    found="$("$PYTHON" -c 'import json, sys, yaml
+want = sys.argv[3]
+if not want:
+    cfg = yaml.safe_load(open(sys.argv[2])) or {}
+    want = str(((cfg.get("MODEL") or {}).get("BACKBONE") or {}).get("NAME") or "")
+try:
+    have = str(json.load(open(sys.argv[1])).get("backbone") or "")
+except (OSError, ValueError, AttributeError):
+    have = ""
+if want and have and want != have:
+    print(have, want, sep="\t")' "$dir/results.json" "$REPO_ROOT/$cfg_file" "$want")" || return 0
+    [[ -n "$found" ]] || return 0
+    die "${dir} holds finished results of MODEL.BACKBONE.NAME ${found%%$'\t'*}, not ${found#*$'\t'}: finished runs are skipped, so give this backbone an OUTPUT folder of its own (e.g. OUTPUT=output/my_backbone)"
+}
+
+# begin_job DIR FINISHED RERUN_MESSAGE NEW_MESSAGE CFG_FILE [OPTS ...]: status 1 (skip the job) when the
+#   FINISHED check (train_finished / eval_finished) passes on DIR, made with the same backbone
+#   (check_same_backbone); otherwise stop if another run holds DIR, set an unfinished attempt's log
+#   aside, and say which message applies.
 begin_job() {
     local dir=$1 finished=$2 rerun=$3 new=$4
+    shift 4
     if "$finished" "$dir"; then
+        check_same_backbone "$dir" "$@"
         echo "Oops! The results exist at ${dir} (so skip this job)"
         return 1
     fi
@@ -232,7 +260,8 @@ train_job() {
     root="$(data_root)"
     cfg_file="$(trainer_config "$trainer" "$cfg")"
     data_file="$(dataset_config "$dataset")"
-    begin_job "$dir" train_finished "Resuming the unfinished run in" "Run this job and save the output to" || return 0
+    begin_job "$dir" train_finished "Resuming the unfinished run in" "Run this job and save the output to" \
+        "$cfg_file" "$@" || return 0
     run_train_py --root "$root" --seed "$seed" --trainer "$trainer" \
         --dataset-config-file "$data_file" --config-file "$cfg_file" --output-dir "$dir" "$@"
 }
@@ -246,7 +275,8 @@ eval_job() {
     root="$(data_root)"
     cfg_file="$(trainer_config "$trainer" "$cfg")"
     data_file="$(dataset_config "$dataset")"
-    begin_job "$dir" eval_finished "Re-running the unfinished evaluation in" "Evaluate and save the output to" || return 0
+    begin_job "$dir" eval_finished "Re-running the unfinished evaluation in" "Evaluate and save the output to" \
+        "$cfg_file" "$@" || return 0
     local flags=(--root "$root")
     [[ -n "$seed" ]] && flags+=(--seed "$seed")
     flags+=(--trainer "$trainer" --dataset-config-file "$data_file" --config-file "$cfg_file" --output-dir "$dir")

@@ -196,6 +196,27 @@ def test_finished_run_is_skipped_and_unfinished_one_resumes(tmp_path):
     assert "Re-running the unfinished evaluation" in result.stdout and "(dry run)" in result.stdout
 
 
+def test_finished_results_of_another_backbone_stop_the_job(tmp_path):
+    """A finished run is skipped: results of another backbone must not stand in for this one's."""
+    env = {"DATA": str(tmp_path), "OUTPUT": str(tmp_path / "out"), "PYTHON": sys.executable, "DRY_RUN": "1"}
+    tail = "dtd/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx/seed1"
+    train_dir, test_dir = tmp_path / "out/base2new/train_base" / tail, tmp_path / "out/base2new/test_new" / tail
+    _write_run(train_dir, "Finish training\n* accuracy: 50.0%\nElapsed: 0:01:00\n")
+    _write_run(test_dir, "* accuracy: 40.0%\n")
+    for folder in (train_dir, test_dir):
+        (folder / "results.json").write_text('{"backbone": "ViT-B/16"}')
+    laion = ["MODEL.BACKBONE.NAME", "open_clip:ViT-B-16/laion2b_s34b_b88k"]
+    for script, folder in (("maple/base2new_train.sh", train_dir), ("maple/base2new_test.sh", test_dir)):
+        same = _run(script, "dtd", 1, env=env)  # the config's ViT-B/16, as recorded: skipped
+        assert f"Oops! The results exist at {folder} (so skip this job)" in same.stdout
+        other = _run(script, "dtd", 1, *laion, env=env, check=False)
+        assert other.returncode == 2 and "(dry run)" not in other.stdout
+        assert other.stderr.strip() == (
+            f"error: {folder} holds finished results of MODEL.BACKBONE.NAME ViT-B/16, not "
+            "open_clip:ViT-B-16/laion2b_s34b_b88k: finished runs are skipped, so give this backbone an OUTPUT "
+            "folder of its own (e.g. OUTPUT=output/my_backbone)")
+
+
 # ------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("args,env_extra,message", [
     (["dtd", 1], {"DATA": ""}, "DATA is not set"),
