@@ -23,7 +23,7 @@ import os
 import os.path as osp
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from gopro_prompts import resource_path
 from gopro_prompts.results.record import IMAGE_FOLDER_DATASET, RESULTS_FILE, image_folder_label, read_results
@@ -234,40 +234,46 @@ def info_from_header(header: Dict[str, Dict[str, str]]) -> Dict:
 
 
 # --------------------------------------------------------------------------------- folder paths
-_DATASET_NAMES: Optional[Dict[str, str]] = None
+_DATASET_CONFIGS: Optional[Dict[str, Tuple[str, bool]]] = None
 
 
-def dataset_config_names(configs_dir: Optional[str] = None) -> Dict[str, str]:
-    """``configs/datasets/<file>.yaml`` base name -> its ``DATASET.NAME`` (e.g. oxford_pets -> OxfordPets).
+def _dataset_configs(configs_dir: Optional[str] = None) -> Dict[str, Tuple[str, bool]]:
+    """``configs/datasets/<file>.yaml`` base name -> (its name in results, whether it is an ImageFolder
+    config), each file read once (and once per process for the package's own folder).
 
-    A copy of ``image_folder.yaml`` (``DATASET.NAME: ImageFolder``) maps to the display name its
-    ``DATASET.IMAGE_FOLDER`` keys give (``birds.yaml`` with ``DIR: birds`` -> ``birds``), as its runs'
-    ``results.json`` records it; one that sets neither ``NAME`` nor ``DIR`` (``image_folder.yaml``
-    itself) is left out.
+    The name is ``DATASET.NAME`` (oxford_pets -> OxfordPets); for a copy of ``image_folder.yaml``
+    (``DATASET.NAME: ImageFolder``) the display name its ``DATASET.IMAGE_FOLDER`` keys give
+    (``birds.yaml`` with ``DIR: birds`` -> ``birds``), as its runs' ``results.json`` records it, ``""``
+    when it sets neither ``NAME`` nor ``DIR`` (``image_folder.yaml`` itself).  A file without a name is left out.
     """
-    global _DATASET_NAMES
-    if configs_dir is None and _DATASET_NAMES is not None:
-        return _DATASET_NAMES
+    global _DATASET_CONFIGS
+    if configs_dir is None and _DATASET_CONFIGS is not None:
+        return _DATASET_CONFIGS
     folder = configs_dir or resource_path("configs", "datasets")
-    names: Dict[str, str] = {}
+    configs: Dict[str, Tuple[str, bool]] = {}
     if osp.isdir(folder):
         for fname in sorted(os.listdir(folder)):
             if not fname.endswith(".yaml"):
                 continue
             with open(osp.join(folder, fname)) as f:
                 text = f.read()
+            stem = fname[: -len(".yaml")]
+            label = _image_folder_config_label(text) if IMAGE_FOLDER_DATASET in text else None
+            if label is not None:
+                configs[stem] = (label, True)
+                continue
             match = re.search(r"^\s+NAME:\s*[\"']?([^\"'\s#]+)", text, flags=re.M)
-            if IMAGE_FOLDER_DATASET in text:
-                label = _image_folder_config_label(text)
-                if label is not None:
-                    if label:
-                        names[fname[: -len(".yaml")]] = label
-                    continue
             if match:
-                names[fname[: -len(".yaml")]] = match.group(1)
+                configs[stem] = (match.group(1), False)
     if configs_dir is None:
-        _DATASET_NAMES = names
-    return names
+        _DATASET_CONFIGS = configs
+    return configs
+
+
+def dataset_config_names(configs_dir: Optional[str] = None) -> Dict[str, str]:
+    """``configs/datasets/<file>.yaml`` base name -> its name in results (:func:`_dataset_configs`);
+    an ImageFolder config without a display name (``image_folder.yaml`` itself) is left out."""
+    return {stem: name for stem, (name, _) in _dataset_configs(configs_dir).items() if name}
 
 
 def _image_folder_config_label(text: str) -> Optional[str]:
@@ -288,18 +294,11 @@ def _image_folder_config_label(text: str) -> Optional[str]:
 def reserved_dataset_names(configs_dir: Optional[str] = None) -> List[str]:
     """The config names and ``DATASET.NAME``s of the datasets other than ImageFolder (the benchmarks):
     a display name of a user's dataset must differ from each (output folders and table rows)."""
-    folder = configs_dir or resource_path("configs", "datasets")
     reserved = set()
-    for stem, name in dataset_config_names(configs_dir).items():
-        if not _is_image_folder_config(osp.join(folder, stem + ".yaml")):
+    for stem, (name, image_folder) in _dataset_configs(configs_dir).items():
+        if not image_folder:
             reserved.update((stem, name))
     return sorted(reserved)
-
-
-def _is_image_folder_config(path: str) -> bool:
-    with open(path) as f:
-        text = f.read()
-    return IMAGE_FOLDER_DATASET in text and _image_folder_config_label(text) is not None
 
 
 def canonical_dataset(name: str) -> str:
