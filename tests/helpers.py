@@ -88,6 +88,20 @@ def env_report_skipped():
         train.collect_env_info = saved
 
 
+def clip_trainers():
+    """Names of the registered trainers that are this package's ``ClipTrainer`` subclasses."""
+    from gopro_prompts.dassl_compat import TRAINER_REGISTRY
+    from gopro_prompts.registry import register_all
+    from gopro_prompts.trainers.base import ClipTrainer
+
+    register_all()
+    return sorted(
+        name for name, cls in TRAINER_REGISTRY._obj_map.items()
+        if isinstance(cls, type) and issubclass(cls, ClipTrainer)
+        and cls.__module__.startswith("gopro_prompts.trainers.")
+    )
+
+
 def offline_trainer(trainer_name, root, out, *opts):
     """A trainer on the embedded offline default, built but not trained (no "System info" report)."""
     from gopro_prompts import train

@@ -22,12 +22,11 @@ import math
 import pytest
 import torch
 
-from gopro_prompts.dassl_compat import TRAINER_REGISTRY
-from gopro_prompts.registry import register_all
-from gopro_prompts.trainers.base import ClipTrainer
 from gopro_prompts.trainers.clip_helpers import PRECISIONS
 from gopro_prompts.trainers.method import freeze_all_but_learnable
-from helpers import assert_beats_chance, eval_logits, model_state, module_prefix, offline_trainer, one_step_run
+from helpers import (
+    assert_beats_chance, clip_trainers, eval_logits, model_state, module_prefix, offline_trainer, one_step_run,
+)
 
 #: the step runs at the method's own learning rate: the offline schedules' constant warm-up LR
 #: (1e-5) moves some parameters (e.g. GOPro's rho bias, whose gradient is exactly zero, through
@@ -37,16 +36,6 @@ BASE = ("DATASET.SUBSAMPLE_CLASSES", "base", *STEP)
 NEW = ("DATASET.SUBSAMPLE_CLASSES", "new", *STEP)
 #: trainers every version of this package has had; the discovery must find at least these
 KNOWN = {"ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "MaPLe", "GOPro"}
-
-
-def clip_trainers():
-    """Names of the registered trainers that are this package's ``ClipTrainer`` subclasses."""
-    register_all()
-    return sorted(
-        name for name, cls in TRAINER_REGISTRY._obj_map.items()
-        if isinstance(cls, type) and issubclass(cls, ClipTrainer)
-        and cls.__module__.startswith("gopro_prompts.trainers.")
-    )
 
 
 CLIP_TRAINERS = clip_trainers()

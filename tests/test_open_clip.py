@@ -29,8 +29,7 @@ from gopro_prompts.trainers.clip_helpers import (  # noqa: E402
     truncation_length,
 )
 from gopro_prompts.user_errors import UserError  # noqa: E402
-from helpers import REPO, offline_trainer, one_step_run  # noqa: E402
-from test_contract import CLIP_TRAINERS  # noqa: E402
+from helpers import REPO, clip_trainers, offline_trainer, one_step_run  # noqa: E402
 
 ARCH = "GoproTinyOpenClip"
 #: the tiny CLIP's sizes (clip_helpers.BUILTIN_ARCHS["tiny"]) in open_clip's config format, but a text
@@ -184,7 +183,7 @@ def test_fp16_layout_runs_and_stays_close(name):
 
 
 # ------------------------------------------------------------------ every trainer, unchanged
-@pytest.mark.parametrize("trainer_name", CLIP_TRAINERS)
+@pytest.mark.parametrize("trainer_name", clip_trainers())
 def test_every_trainer_takes_one_step_on_an_open_clip_model(trainer_name, name, synthetic_root, tmp_path):
     trainer = offline_trainer(trainer_name, synthetic_root, tmp_path / "run", "MODEL.BACKBONE.NAME", name,
                               "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.WARMUP_EPOCH", "0")
